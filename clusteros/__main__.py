@@ -1,0 +1,5 @@
+import sys
+
+from clusteros.cli import main
+
+sys.exit(main())

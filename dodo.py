@@ -1,0 +1,15 @@
+"""ClusterOS build graph. `doit list` shows the tasks; each lives in tasks/."""
+
+from clusteros import paths
+from tasks import *  # noqa: F401,F403  (doit collects the task_* functions)
+
+# doit opens its state database before any task runs: its folder must exist.
+paths.doit_db().parent.mkdir(parents=True, exist_ok=True)
+
+DOIT_CONFIG = {
+    "default_tasks": ["image", "raw", "gz"],
+    "dep_file": str(paths.doit_db()),
+    "backend": "sqlite3",
+    "verbosity": 2,
+    "action_string_formatting": "new",
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Install everything ClusterOS needs on Debian 12+ or Ubuntu 22.04+, as root:
+# the external tools (apt) and the Python package with its test tools (.venv).
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log=dist/logs/install-prereqs.log
+mkdir -p "$(dirname "$log")"
+
+packages=(
+    python3 python3-venv python3-pip          # the tool itself
+    mmdebstrap debian-archive-keyring         # rootfs
+    qemu-utils e2fsprogs dosfstools mtools fdisk grub-common grub-pc-bin grub-efi-amd64-bin passwd
+    pigz openssh-client ca-certificates       # image, gz, keys
+    qemu-system-x86 vde2 seabios ovmf         # test_vm
+    xorriso squashfs-tools cpio               # iso, usb, pxe
+)
+# Ubuntu's archive keyring lets a host build Ubuntu images (image.distro: ubuntu).
+# Debian 12's archive does not carry it; `clusteros doctor` says so when it is needed.
+if apt-cache policy ubuntu-keyring 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    packages+=(ubuntu-keyring)
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-prereqs: run as root (apt-get install, and image builds need root)" >&2
+    exit 2
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-prereqs: apt-get install ${missing[*]} (log: $log)"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! { apt-get update && apt-get install -y --no-install-recommends "${missing[@]}"; } >>"$log" 2>&1; then
+        echo "install-prereqs: apt-get failed; last lines of $log:" >&2
+        tail -n 20 "$log" >&2
+        exit 1
+    fi
+else
+    echo "install-prereqs: system packages already installed"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "install-prereqs: creating .venv"
+    python3 -m venv .venv
+fi
+echo "install-prereqs: pip install -e .[dev] into .venv (log: $log)"
+if ! .venv/bin/python -m pip install --disable-pip-version-check -q -e '.[dev]' >>"$log" 2>&1; then
+    echo "install-prereqs: pip failed; last lines of $log:" >&2
+    tail -n 20 "$log" >&2
+    exit 1
+fi
+echo "install-prereqs: done. Use .venv/bin/doit and .venv/bin/clusteros (or: . .venv/bin/activate)"

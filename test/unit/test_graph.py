@@ -1,0 +1,172 @@
+"""The task graph's up-to-date behaviour, with the real task declarations.
+
+doit runs in-process against a temp dir. The slow stage functions (mmdebstrap,
+disk assembly, conversions) are replaced by fakes that write their targets and
+record the call; every file_dep, target and config_changed under test is real.
+"""
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from doit.cmd_base import ModuleTaskLoader
+from doit.doit_cmd import DoitMain
+
+import tasks
+from clusteros import convert, image, paths, rootfs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A throwaway project: its own spec, dist, cache, state and a copy of images/."""
+    images = tmp_path / "images"
+    shutil.copytree(ROOT / "images", images)
+    monkeypatch.setattr(paths, "IMAGES_DIR", images)
+    spec = tmp_path / "cluster.yaml"
+    spec.write_text((ROOT / "cluster.yaml").read_text())
+    for var, sub in (("CLUSTEROS_DIST", "dist"), ("CLUSTEROS_CACHE_DIR", "cache"), ("CLUSTEROS_STATE_DIR", "state")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    monkeypatch.setenv("CLUSTEROS_SPEC", str(spec))
+    monkeypatch.chdir(tmp_path)
+
+    calls: list[str] = []
+
+    def fake_rootfs(view, target):
+        calls.append("rootfs")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(f"{view!r} {time.time_ns()}")
+
+    def fake_image(*, qcow2, manifest, **kwargs):
+        calls.append("image")
+        qcow2.write_text(f"qcow2 {time.time_ns()}")   # a real rebuild changes the bytes
+        manifest.write_text("{}")
+
+    def fake_raw(qcow2, manifest, raw):
+        calls.append("raw")
+        raw.write_text(f"raw {time.time_ns()}")
+
+    def fake_gz(raw, gz):
+        calls.append("gz")
+        gz.write_text("gz")
+        gz.with_name(gz.name + ".sha256").write_text("sum")
+
+    monkeypatch.setattr(rootfs, "build_rootfs", fake_rootfs)
+    monkeypatch.setattr(image, "build_image", fake_image)
+    monkeypatch.setattr(convert, "to_raw", fake_raw)
+    monkeypatch.setattr(convert, "compress", fake_gz)
+
+    class Project:
+        root = tmp_path
+
+        def doit(self, *args: str) -> list[str]:
+            calls.clear()
+            namespace = {name: getattr(tasks, name) for name in tasks.__all__}
+            namespace["DOIT_CONFIG"] = {"dep_file": str(paths.doit_db()), "backend": "sqlite3",
+                                        "default_tasks": ["image", "raw", "gz"], "verbosity": 0}
+            paths.doit_db().parent.mkdir(parents=True, exist_ok=True)
+            assert DoitMain(ModuleTaskLoader(namespace)).run(list(args)) == 0
+            return list(calls)
+
+        def edit_spec(self, old: str, new: str) -> None:
+            text = spec.read_text()
+            assert old in text
+            spec.write_text(text.replace(old, new))
+            bump(spec)
+
+    return Project()
+
+
+def bump(path: Path) -> None:
+    """Make sure doit sees a new mtime even on coarse-timestamp file systems."""
+    stamp = time.time() + 2
+    import os
+    os.utime(path, (stamp, stamp))
+
+
+def test_first_run_builds_every_layer_then_nothing(project):
+    assert project.doit() == ["rootfs", "image", "raw", "gz"]
+    assert project.doit() == []
+    assert project.doit("image") == []
+
+
+def test_no_op_image_is_fast(project):
+    project.doit()
+    started = time.monotonic()
+    project.doit("image")
+    assert time.monotonic() - started < 1.0
+
+
+def test_vm_memory_change_rebuilds_nothing(project):
+    project.doit()
+    project.edit_spec("memory: 1024", "memory: 2048")
+    assert project.doit() == []
+
+
+def test_overlay_file_change_rebuilds_image_not_rootfs(project):
+    project.doit()
+    sshd = project.root / "images/common/overlay/etc/ssh/sshd_config.d/10-clusteros.conf"
+    sshd.write_text(sshd.read_text() + "# changed\n")
+    bump(sshd)
+    assert project.doit() == ["image", "raw", "gz"]
+
+
+def test_new_overlay_file_rebuilds_image(project):
+    project.doit()
+    extra = project.root / "images/common/overlay/etc/motd"
+    extra.write_text("welcome\n")
+    assert project.doit() == ["image", "raw", "gz"]
+
+
+def test_package_list_change_rebuilds_rootfs_and_image(project):
+    project.doit()
+    project.edit_spec("packages: []", "packages: [htop]")
+    assert project.doit() == ["rootfs", "image", "raw", "gz"]
+
+
+def test_base_package_file_change_rebuilds_rootfs_and_image(project):
+    project.doit()
+    base = project.root / "images/debian/packages"
+    base.write_text(base.read_text() + "htop\n")
+    bump(base)
+    assert project.doit() == ["rootfs", "image", "raw", "gz"]
+
+
+def test_timezone_change_rebuilds_image_not_rootfs(project):
+    project.doit()
+    project.edit_spec("timezone: UTC", "timezone: Europe/Berlin")
+    assert project.doit() == ["image", "raw", "gz"]
+
+
+def test_node_agent_change_rebuilds_node_and_image_not_rootfs(project, monkeypatch):
+    node_src = project.root / "node"
+    shutil.copytree(ROOT / "node", node_src, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(paths, "NODE_SRC", node_src)
+    project.doit()
+    source = node_src / "clusteros_node" / "identity.py"
+    source.write_text(source.read_text() + "\n# changed\n")
+    bump(source)
+    assert project.doit() == ["image", "raw", "gz"]
+    assert (paths.dist_dir() / "node-agent.pyz").exists()
+
+
+def test_reverting_the_package_list_reuses_the_cached_rootfs(project):
+    project.doit()
+    project.edit_spec("packages: []", "packages: [htop]")
+    project.doit()
+    project.edit_spec("packages: [htop]", "packages: []")
+    assert project.doit() == ["image", "raw", "gz"]
+
+
+def test_state_database_lives_under_dist_by_default(project):
+    project.doit()
+    assert (paths.dist_dir() / ".doit.db").exists()
+
+
+def test_state_database_moves_with_its_variable(project, monkeypatch):
+    elsewhere = project.root / "ci-cache" / "doit.db"
+    monkeypatch.setenv("CLUSTEROS_DOIT_DB", str(elsewhere))
+    project.doit()
+    assert elsewhere.exists()

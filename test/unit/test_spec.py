@@ -1,0 +1,120 @@
+"""The spec: defaults from the schema, resolution, and the narrow views tasks depend on."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from clusteros import spec as S
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load(text: str, tmp_path: Path) -> dict:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text)
+    return S.load_spec(path)
+
+
+def test_shipped_cluster_yaml_is_the_default_three_node_cluster():
+    spec = S.load_spec(ROOT / "cluster.yaml")
+    assert [n["name"] for n in spec["nodes"]] == ["node1", "node2", "node3"]
+    assert spec["vm"]["nodes"] == 3
+    assert spec["image"]["distro"] == "debian" and spec["image"]["suite"] == "bookworm"
+
+
+def test_minimal_spec_gets_every_default_from_the_schema(tmp_path):
+    spec = load("cluster: {name: tiny}\n", tmp_path)
+    assert spec["image"]["mirror"] == "http://deb.debian.org/debian"
+    assert spec["image"]["users"] == [{"name": "admin", "ssh_keys": [], "sudo": True, "shell": "/bin/bash"}]
+    assert spec["network"]["wireguard"] == {"subnet": "10.99.0.0/24", "port": 51820}
+    assert spec["services"]["slurm"]["partitions"] == [{"name": "main", "default": True, "max_time": "INFINITE"}]
+    assert spec["vm"] == {"memory": 1024, "cpus": 1, "ssh_base_port": 2223, "vnc_base_port": 5900, "accel": "auto",
+                          "firmware": "bios", "boot_timeout": 120, "nodes": 3}
+    assert spec["installer"] == {"unattended": False, "target": "auto", "on_done": "reboot"}
+
+
+def test_ubuntu_gets_noble_and_ubuntus_archive(tmp_path):
+    spec = load("cluster: {name: u}\nimage: {distro: ubuntu}\n", tmp_path)
+    assert spec["image"]["suite"] == "noble"
+    assert spec["image"]["mirror"] == "http://archive.ubuntu.com/ubuntu"
+
+
+def test_node_count_expands_to_named_nodes_with_stable_macs_and_addresses(tmp_path):
+    spec = load("cluster: {name: lab}\nnodes: {count: 2, prefix: cn}\n", tmp_path)
+    first, second = spec["nodes"]
+    assert (first["name"], first["address"], first["role"]) == ("cn1", "10.42.0.11", "auto")
+    assert second["address"] == "10.42.0.12"
+    assert first["mac"] == S.node_mac("lab", 1) and second["mac"].endswith(":02")
+    assert first["mac"].startswith(spec["node_naming"]["mac_prefix"])
+    # Deterministic: the same cluster name gives the same MACs on every machine.
+    assert S.node_mac("lab", 1) == load("cluster: {name: lab}\n", tmp_path)["nodes"][0]["mac"]
+
+
+def test_node_list_keeps_names_roles_and_given_addresses(tmp_path):
+    spec = load("""cluster: {name: lab}
+nodes:
+  - {name: ctl, role: controller, mac: "3c:ec:ef:00:00:01"}
+  - {name: w1, address: 10.42.0.99, memory: 2048}
+""", tmp_path)
+    ctl, w1 = spec["nodes"]
+    assert (ctl["role"], ctl["mac"], ctl["address"]) == ("controller", "3c:ec:ef:00:00:01", "10.42.0.11")
+    assert (w1["role"], w1["address"], w1["memory"]) == ("auto", "10.42.0.99", 2048)
+    assert spec["node_naming"]["listed"] is True
+
+
+def test_spec_path_comes_from_the_environment(tmp_path, monkeypatch):
+    other = tmp_path / "other.yaml"
+    other.write_text("cluster: {name: fromenv}\n")
+    monkeypatch.setenv("CLUSTEROS_SPEC", str(other))
+    assert S.load_spec()["cluster"]["name"] == "fromenv"
+
+
+def test_relative_secret_file_is_resolved_next_to_the_spec(tmp_path):
+    (tmp_path / "s.key").write_bytes(b"x" * 40)
+    spec = load("cluster: {name: a, secret_file: s.key}\n", tmp_path)
+    assert spec["cluster"]["secret_file"] == str(tmp_path / "s.key")
+
+
+def test_vm_settings_do_not_reach_the_image_views(tmp_path):
+    a = load("cluster: {name: a}\nvm: {memory: 1024}\n", tmp_path)
+    b = load("cluster: {name: a}\nvm: {memory: 4096, cpus: 2}\n", tmp_path)
+    assert S.image_view(a) == S.image_view(b)
+    assert S.rootfs_view(a) == S.rootfs_view(b)
+    assert S.vm_view(a) != S.vm_view(b)
+
+
+def test_timezone_changes_the_image_but_not_the_rootfs(tmp_path):
+    a = load("cluster: {name: a}\n", tmp_path)
+    b = load("cluster: {name: a}\nimage: {timezone: Europe/Berlin}\n", tmp_path)
+    assert S.rootfs_view(a) == S.rootfs_view(b)
+    assert S.image_view(a) != S.image_view(b)
+
+
+def test_node_view_is_json_and_carries_no_vm_or_installer_settings():
+    spec = S.load_spec(ROOT / "cluster.yaml")
+    view = S.node_view(spec)
+    json.dumps(view)
+    assert "vm" not in view and "installer" not in view
+
+
+def test_every_schema_default_is_valid_for_its_own_schema():
+    import jsonschema
+    schema = S.load_schema()
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            # An object's default of {} only seeds its own defaults; it is not a complete value.
+            if "default" in node and "type" in node and node["default"] != {}:
+                resolver_schema = dict(node, **{"$defs": schema["$defs"]})
+                resolver_schema.pop("default")
+                jsonschema.Draft202012Validator(resolver_schema).validate(node["default"])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def test_schema_is_valid_json_schema_2020_12():
+    import jsonschema
+    jsonschema.Draft202012Validator.check_schema(S.load_schema())
