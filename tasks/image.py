@@ -1,0 +1,58 @@
+"""image, raw, gz: the node image and its conversions."""
+
+from doit.tools import config_changed
+
+from clusteros import convert, image, paths, rootfs, secrets
+from clusteros.spec import image_view, node_view, rootfs_view
+from tasks.context import dist, node_pyz, spec
+
+IMAGE_CODE = ["image.py", "disk.py"]
+
+
+def _image_inputs(s: dict) -> dict:
+    """What the disk's identity (UUIDs) is derived from: the same inputs give the same disk."""
+    return {"rootfs": rootfs.rootfs_path(rootfs_view(s)).name, "spec": image_view(s)}
+
+
+def task_image():
+    """Build the bootable node image dist/<name>.qcow2 and its manifest."""
+    s = spec()
+    view = rootfs_view(s)
+    key = secrets.test_key_path(s)
+    deps = {
+        "rootfs_tar": rootfs.rootfs_path(view),
+        "agent_pyz": node_pyz(),
+        "secret": secrets.cluster_secret_path(s),
+        "test_pubkey": key.with_suffix(".pub"),
+    }
+    return {
+        "actions": [(image.build_image, [], dict(
+            spec=s, node_spec=node_view(s), qcow2=dist(".qcow2"), manifest=dist(".manifest.json"),
+            inputs=_image_inputs(s), **deps))],
+        "file_dep": list(deps.values()) + image.overlay_files(s["image"]["distro"])
+                    + [paths.PROJECT_ROOT / "clusteros" / f for f in IMAGE_CODE],
+        "task_dep": ["validate"],
+        "targets": [dist(".qcow2"), dist(".manifest.json")],
+        "uptodate": [config_changed(image_view(s))],
+        "clean": True,
+    }
+
+
+def task_raw():
+    """Convert the image to a sparse raw disk dist/<name>.raw (checked against the manifest)."""
+    return {
+        "actions": [(convert.to_raw, [dist(".qcow2"), dist(".manifest.json"), dist(".raw")])],
+        "file_dep": [dist(".qcow2"), dist(".manifest.json")],
+        "targets": [dist(".raw")],
+        "clean": True,
+    }
+
+
+def task_gz():
+    """Compress the raw disk to dist/<name>.raw.gz with every core."""
+    return {
+        "actions": [(convert.compress, [dist(".raw"), dist(".raw.gz")])],
+        "file_dep": [dist(".raw")],
+        "targets": [dist(".raw.gz"), dist(".raw.gz.sha256")],
+        "clean": True,
+    }
