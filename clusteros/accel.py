@@ -32,7 +32,8 @@ class Accel:
     def qemu_args(self) -> list[str]:
         if self.name == "kvm":
             return ["-accel", "kvm", "-cpu", "host"]
-        return ["-accel", "tcg,thread=multi", "-cpu", "max"]
+        # QEMU's default CPU model: "max" makes TCG emulate costly extensions for nothing.
+        return ["-accel", "tcg,thread=multi"]
 
     def scale(self, seconds: float) -> float:
         """Boot timeouts are written for KVM; TCG gets more time."""

@@ -28,6 +28,8 @@ UNITS_ENABLED = ["systemd-networkd.service", "systemd-resolved.service", "ssh.se
 # The node-agent starts the SLURM daemon of the node's role; none starts by itself.
 UNITS_DISABLED = ["slurmctld.service", "slurmd.service"]
 OPTIONAL_UNITS = ["node-agent.service"]
+# Jobs that cost a node minutes of boot or reach for the internet on their own.
+UNITS_MASKED = ["e2scrub_reap.service", "e2scrub_all.timer", "apt-daily.timer", "apt-daily-upgrade.timer"]
 
 
 def overlay_dirs(distro: str) -> list[Path]:
@@ -140,6 +142,7 @@ def enable_units(tree: Path) -> None:
     disable = [u for u in UNITS_DISABLED if _unit_exists(tree, u)]
     if disable:
         runner.run("image", ["systemctl", "--root", tree, "disable", *disable], log=log, append=True)
+    runner.run("image", ["systemctl", "--root", tree, "mask", *UNITS_MASKED], log=log, append=True)
 
 
 def _unit_exists(tree: Path, unit: str) -> bool:

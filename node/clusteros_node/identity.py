@@ -11,6 +11,7 @@ import ipaddress
 import json
 import os
 import socket
+import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,7 +72,8 @@ def lan_network_unit(identity: Identity, spec: dict) -> str:
         lines.append(f"Address={identity.address}")
     if lan.get("gateway"):
         lines.append(f"Gateway={lan['gateway']}")
-    lines += ["", "[Link]", "RequiredForOnline=no", ""]
+    # A static LAN address is up at once: let it satisfy network-online.target.
+    lines += ["", "[Link]", f"RequiredForOnline={'yes' if identity.address else 'no'}", ""]
     return "\n".join(lines)
 
 
@@ -92,23 +94,31 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def wait_for_nics(timeout: float = 15.0) -> dict[str, str]:
-    """NIC drivers may still be loading when this runs early in boot."""
+def wait_for_identity(spec: dict, machine_id: str, timeout: float = 20.0) -> Identity:
+    """NIC drivers may still be loading this early in boot: wait for a NIC the spec knows."""
     deadline = time.monotonic() + timeout
     while True:
-        nics = interfaces()
-        if nics or time.monotonic() > deadline:
-            return nics
+        identity = resolve(spec, interfaces(), machine_id)
+        if identity.index is not None or time.monotonic() > deadline:
+            return identity
         time.sleep(0.2)
 
 
 def apply(spec: dict, root: Path = Path("/"), state_dir: Path = Path("/run/clusteros")) -> Identity:
     machine_id = (root / "etc/machine-id").read_text().strip() if (root / "etc/machine-id").exists() else ""
-    identity = resolve(spec, wait_for_nics(), machine_id)
+    identity = wait_for_identity(spec, machine_id)
     _write(root / "etc/hostname", identity.name + "\n")
     _write(root / "etc/hosts", hosts_file(spec, identity))
     if identity.mac:
         _write(root / "run/systemd/network/10-clusteros-lan.network", lan_network_unit(identity, spec))
     _write(state_dir / "identity.json", identity.to_json() + "\n")
     socket.sethostname(identity.name)
+    if identity.interface and root == Path("/"):
+        reconfigure_lan(identity.interface)
     return identity
+
+
+def reconfigure_lan(interface: str) -> None:
+    """networkd may already run the LAN link with the generic DHCP config: hand it the cluster one."""
+    for argv in (["networkctl", "reload"], ["networkctl", "reconfigure", interface]):
+        subprocess.run(argv, check=False, timeout=30)
