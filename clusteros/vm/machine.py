@@ -1,0 +1,190 @@
+"""One QEMU process, driven over QMP with the qemu.qmp library.
+
+QEMU is started with -daemonize, so it outlives the doit run that started it;
+its pid file, QMP socket and serial log sit in the machine's own directory.
+Every later command (status, powerdown, quit) opens a fresh QMP connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from qemu.qmp import QMPClient, QMPError
+
+from clusteros import runner
+from clusteros.errors import ClusterOSError
+
+QMP_CONNECT_TIMEOUT = 10.0
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r")
+
+
+class MachineError(ClusterOSError):
+    pass
+
+
+@dataclass
+class Machine:
+    name: str
+    directory: Path
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.directory / "qmp.sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "qemu.pid"
+
+    @property
+    def serial_log(self) -> Path:
+        return self.directory / "serial.log"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "qemu.log"
+
+    # -- process -------------------------------------------------------------
+
+    def pid(self) -> int | None:
+        """The QEMU pid, if the pid file names a live QEMU of this machine."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return pid if str(self.qmp_socket).encode() in cmdline else None
+
+    def is_alive(self) -> bool:
+        return self.pid() is not None
+
+    def launch(self, argv: list[str]) -> int:
+        """Start QEMU daemonized with the machine's QMP socket, pid file and serial log added."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.remove_runtime_files()
+        full = argv + [
+            "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
+            "-serial", f"file:{self.serial_log}",
+            "-pidfile", str(self.pid_file),
+            "-daemonize",
+        ]
+        runner.run(f"vm-{self.name}", full, log=self.log)
+        pid = self.pid()
+        if pid is None:
+            raise MachineError(f"{self.name}: QEMU started but is not running; see {self.log}")
+        self.greeting()
+        return pid
+
+    def remove_runtime_files(self) -> None:
+        for path in (self.qmp_socket, self.pid_file):
+            path.unlink(missing_ok=True)
+
+    # -- QMP -----------------------------------------------------------------
+    # Each operation is one short QMP session. Every step has a deadline: a QEMU
+    # that is stopped or wedged must not hang the tool that asks about it.
+
+    def _session(self, work, timeout: float = QMP_CONNECT_TIMEOUT):
+        async def session():
+            client = QMPClient(self.name)
+            try:
+                await asyncio.wait_for(self._connect(client, timeout), timeout)
+                return await work(client)
+            finally:
+                try:
+                    await asyncio.wait_for(client.disconnect(), 2.0)
+                except (asyncio.TimeoutError, QMPError, OSError, EOFError):
+                    pass
+        try:
+            return asyncio.run(session())
+        except asyncio.TimeoutError:
+            raise MachineError(f"{self.name}: QMP did not answer on {self.qmp_socket} in time") from None
+        except (QMPError, OSError, EOFError) as exc:
+            # EOF: QEMU closed the connection, as it does when told to quit.
+            raise MachineError(f"{self.name}: QMP failed on {self.qmp_socket}: {exc!r}") from None
+
+    async def _connect(self, client: QMPClient, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await client.connect(str(self.qmp_socket))
+                return
+            except (QMPError, OSError) as exc:
+                if time.monotonic() > deadline or not self.is_alive():
+                    raise MachineError(f"{self.name}: no QMP greeting on {self.qmp_socket}: {exc}") from None
+                await asyncio.sleep(0.1)
+
+    def greeting(self) -> dict:
+        """Connect, negotiate capabilities, and return QEMU's version."""
+        return self.execute("query-version")
+
+    def execute(self, command: str, timeout: float = QMP_CONNECT_TIMEOUT, **arguments) -> object:
+        async def work(client: QMPClient):
+            return await asyncio.wait_for(client.execute(command, arguments or None), timeout)
+        return self._session(work, timeout)
+
+    def run_state(self) -> str:
+        """QMP query-status: 'running', 'paused', 'shutdown', ...; 'down' if QEMU is gone."""
+        if not self.is_alive():
+            return "down"
+        try:
+            return self.execute("query-status", timeout=5.0)["status"]
+        except MachineError:
+            return "unresponsive"
+
+    def powerdown(self, timeout: float) -> bool:
+        """ACPI power button, then wait for the guest's SHUTDOWN event. True if it came."""
+        if not self.is_alive():
+            return True
+
+        async def work(client: QMPClient) -> bool:
+            with client.listener("SHUTDOWN") as listener:
+                await asyncio.wait_for(client.execute("system_powerdown"), 5.0)
+                try:
+                    await asyncio.wait_for(listener.get(), timeout)
+                    return True
+                except asyncio.TimeoutError:
+                    return False
+        try:
+            return self._session(work, timeout=5.0)
+        except MachineError:
+            return not self.is_alive()
+
+    def stop(self, timeout: float) -> str:
+        """Graceful powerdown, then QMP quit, then SIGKILL. Says which one ended it."""
+        how = "powered down"
+        if self.is_alive() and not self.powerdown(timeout):
+            how = "quit over QMP"
+            try:
+                self.execute("quit", timeout=5.0)
+            except MachineError:
+                pass
+        if not self._wait_gone(5.0):
+            how = "killed"
+            pid = self.pid()
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+            self._wait_gone(5.0)
+        self.remove_runtime_files()
+        return how
+
+    def _wait_gone(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.is_alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+    def serial_tail(self, lines: int = 20) -> list[str]:
+        try:
+            text = self.serial_log.read_bytes().decode(errors="replace")
+        except OSError:
+            return ["(no serial log)"]
+        clean = [_ANSI.sub("", line) for line in text.splitlines()]
+        clean = [line for line in clean if line.strip()]
+        return clean[-lines:]

@@ -1,0 +1,39 @@
+"""End-to-end fixtures: real doit, real mmdebstrap, real QEMU, in the project's dist/.
+
+These tests build what a user builds (`doit image raw gz` on the shipped
+cluster.yaml), so a warm cache makes them fast and a cold one makes them real.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DIST = ROOT / "dist"
+
+
+def doit(*args: str, timeout: float = 1800, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop("CLUSTEROS_SPEC", None)
+    out = subprocess.run([sys.executable, "-m", "doit", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    # Shown by pytest on failure: the whole story of the run.
+    print(f"$ doit {' '.join(args)}\n--- stdout\n{out.stdout}\n--- stderr\n{out.stderr}")
+    if check:
+        assert out.returncode == 0, f"doit {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+@pytest.fixture(scope="session")
+def image() -> Path:
+    doit("image", "raw", "gz")
+    return DIST / "democluster.qcow2"
+
+
+@pytest.fixture(scope="session")
+def spec():
+    from clusteros.spec import load_spec
+    return load_spec(ROOT / "cluster.yaml")
