@@ -1,0 +1,44 @@
+"""Small helpers for changing the node: commands, files written only when they change."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+
+def run(*argv: str, check: bool = True, timeout: float = 60) -> str:
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {out.returncode}: {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout
+
+
+def write_if_changed(path: Path, data: bytes, mode: int = 0o644, owner: tuple[int, int] | None = None) -> bool:
+    """Atomically replace `path` with `data` if it differs. True if it changed."""
+    try:
+        if path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, mode)
+    if owner:
+        os.chown(tmp, *owner)
+    os.replace(tmp, path)
+    return True
+
+
+def unit_state(unit: str) -> str:
+    return run("systemctl", "is-active", unit, check=False).strip() or "unknown"
+
+
+def memory_mb() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    return 0
