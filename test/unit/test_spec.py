@@ -118,3 +118,9 @@ def test_every_schema_default_is_valid_for_its_own_schema():
 def test_schema_is_valid_json_schema_2020_12():
     import jsonschema
     jsonschema.Draft202012Validator.check_schema(S.load_schema())
+
+
+def test_spec_reference_is_generated_from_the_schema():
+    from clusteros import docs
+    committed = (ROOT / "docs" / "spec-reference.md").read_text()
+    assert committed == docs.render(), "run: python -m clusteros.docs > docs/spec-reference.md"
