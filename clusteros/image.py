@@ -62,6 +62,13 @@ def apply_overlay(tree: Path, distro: str) -> None:
         shutil.copytree(src, tree, symlinks=True, dirs_exist_ok=True)
 
 
+def install_k3s(tree: Path, binary: Path) -> None:
+    target = tree / "usr" / "local" / "bin" / "k3s"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(binary, target)
+    os.chmod(target, 0o755)
+
+
 def install_node_files(tree: Path, node_spec: dict, agent_pyz: Path, secret: Path) -> None:
     etc = tree / "etc" / "clusteros"
     etc.mkdir(parents=True, exist_ok=True)
@@ -194,7 +201,7 @@ def installed_packages(tree: Path) -> dict[str, str]:
 
 
 def build_image(*, spec: dict, node_spec: dict, rootfs_tar: Path, agent_pyz: Path, secret: Path,
-                test_pubkey: Path, qcow2: Path, manifest: Path, inputs: dict) -> None:
+                test_pubkey: Path, qcow2: Path, manifest: Path, inputs: dict, k3s_binary: Path | None = None) -> None:
     started = time.monotonic()
     image = spec["image"]
     disk_bytes = disk.parse_size(image["disk_size"])
@@ -212,6 +219,8 @@ def build_image(*, spec: dict, node_spec: dict, rootfs_tar: Path, agent_pyz: Pat
         runner.say("image", "customizing: overlay, node-agent, spec, users, units")
         apply_overlay(tree, image["distro"])
         install_node_files(tree, node_spec, agent_pyz, secret)
+        if k3s_binary is not None:
+            install_k3s(tree, k3s_binary)
         set_locale_and_time(tree, image)
         add_users(tree, image["users"], test_pubkey.read_text().strip())
         write_fstab(tree, ids)

@@ -2,7 +2,7 @@
 
 from doit.tools import config_changed
 
-from clusteros import convert, image, paths, rootfs, secrets
+from clusteros import convert, download, image, paths, rootfs, secrets
 from clusteros.spec import image_view, node_view, rootfs_view
 from tasks.context import dist, node_pyz, spec
 
@@ -12,6 +12,24 @@ IMAGE_CODE = ["image.py", "disk.py"]
 def _image_inputs(s: dict) -> dict:
     """What the disk's identity (UUIDs) is derived from: the same inputs give the same disk."""
     return {"rootfs": rootfs.rootfs_path(rootfs_view(s)).name, "spec": image_view(s)}
+
+
+def k3s_source(s: dict) -> str | None:
+    k3s = s["services"]["k3s"]
+    return (k3s.get("url") or k3s.get("file")) if k3s["enabled"] else None
+
+
+def task_k3s():
+    """Fetch the K3s binary named in the spec (url or file), checked against its sha256."""
+    s = spec()
+    source = k3s_source(s)
+    if source is None:
+        return {"actions": [], "uptodate": [True], "doc": "no K3s binary in the spec: nodes report 'not provided'"}
+    sha = s["services"]["k3s"]["sha256"]
+    def fetch():
+        download.fetch(source, sha, label="k3s")   # doit actions return None, not the path
+    return {"actions": [fetch],
+            "targets": [download.cache_path(source, sha)], "uptodate": [True]}
 
 
 def task_image():
@@ -25,6 +43,8 @@ def task_image():
         "secret": secrets.cluster_secret_path(s),
         "test_pubkey": key.with_suffix(".pub"),
     }
+    if (source := k3s_source(s)) is not None:
+        deps["k3s_binary"] = download.cache_path(source, s["services"]["k3s"]["sha256"])
     return {
         "actions": [(image.build_image, [], dict(
             spec=s, node_spec=node_view(s), qcow2=dist(".qcow2"), manifest=dist(".manifest.json"),

@@ -11,8 +11,9 @@ def task_rootfs():
     target = rootfs.rootfs_path(view)
     return {
         "actions": [(rootfs.build_rootfs, [view, target])],
-        # The package list and recipe are in the target's name (its cache key):
-        # a change to them names a new tar, and only then does this run again.
-        "file_dep": [rootfs.package_list_file(view["distro"])],
+        # The tar's name is the hash of every input (package list included): a change
+        # names a new tar. So an existing tar is up to date, even for a checkout whose
+        # doit state has never seen it (the cache is shared by every checkout).
         "targets": [target],
+        "uptodate": [target.exists],
     }

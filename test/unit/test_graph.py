@@ -170,3 +170,27 @@ def test_state_database_moves_with_its_variable(project, monkeypatch):
     monkeypatch.setenv("CLUSTEROS_DOIT_DB", str(elsewhere))
     project.doit()
     assert elsewhere.exists()
+
+
+def test_k3s_binary_from_a_local_file_is_checked_and_baked_in(project, monkeypatch):
+    import hashlib
+    binary = project.root / "k3s-local"
+    binary.write_bytes(b"#!/bin/sh\necho k3s\n")
+    sha = hashlib.sha256(binary.read_bytes()).hexdigest()
+    seen = {}
+    original = image.build_image
+
+    def recording_image(**kwargs):
+        seen["k3s_binary"] = kwargs.get("k3s_binary")
+        return original(**kwargs)
+    monkeypatch.setattr(image, "build_image", recording_image)
+    project.edit_spec("    enabled: true            # no binary", f"    file: {binary}\n    sha256: {sha}\n    enabled: true  #")
+    assert project.doit() == ["rootfs", "image", "raw", "gz"]
+    assert seen["k3s_binary"].read_bytes() == binary.read_bytes()
+    assert project.doit() == []
+
+
+def test_a_fresh_checkout_reuses_the_shared_rootfs_cache(project):
+    project.doit()
+    paths.doit_db().unlink()          # a new clone: no doit state, same user cache
+    assert "rootfs" not in project.doit()

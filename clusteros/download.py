@@ -1,0 +1,147 @@
+"""Downloads that can be trusted: streamed, resumed, retried, and checked before use.
+
+A file lands in the cache as <cache>/downloads/<sha256>-<name> only once its
+SHA-256 matches the one given; until then it is <...>.part, which a later run
+resumes with an HTTP Range request. A mismatch deletes the partial file and
+names the URL and both hashes. An air-gapped user points at a local file (a
+path or file:// URL) and gets the same check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import requests
+
+from clusteros import paths
+from clusteros.errors import ClusterOSError
+
+CHUNK = 1024 * 1024
+RETRIES = 4
+BACKOFF = 1.0
+TIMEOUT = 30.0
+# Errors a retry can fix; any other 4xx is final.
+RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+class DownloadError(ClusterOSError):
+    pass
+
+
+class ChecksumMismatch(DownloadError):
+    pass
+
+
+def cache_path(url: str, sha256: str) -> Path:
+    name = Path(unquote(urlparse(url).path)).name or "download"
+    return paths.cache_dir() / "downloads" / f"{sha256}-{name}"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch(source: str, sha256: str, *, retries: int = RETRIES, backoff: float = BACKOFF,
+          timeout: float = TIMEOUT, label: str = "download") -> Path:
+    """Return the cached, verified file for `source` (http(s) URL, file:// URL or path)."""
+    sha256 = sha256.lower()
+    target = cache_path(source, sha256)
+    if target.exists():
+        if sha256_of(target) == sha256:
+            return target
+        target.unlink()   # a cache entry that no longer matches is not trusted
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    scheme = urlparse(source).scheme
+    if scheme in ("http", "https"):
+        _download(source, partial, retries=retries, backoff=backoff, timeout=timeout, label=label)
+    else:
+        local = Path(unquote(urlparse(source).path) if scheme == "file" else source).expanduser()
+        if not local.is_file():
+            raise DownloadError(f"{label}: {local} does not exist")
+        shutil.copyfile(local, partial)
+    actual = sha256_of(partial)
+    if actual != sha256:
+        partial.unlink()
+        raise ChecksumMismatch(f"{label}: {source} does not match its checksum\n"
+                               f"  expected sha256: {sha256}\n  actual sha256:   {actual}\n"
+                               "  nothing was kept; check the URL and the sha256 in cluster.yaml")
+    os.replace(partial, target)
+    return target
+
+
+def _download(url: str, partial: Path, *, retries: int, backoff: float, timeout: float, label: str) -> None:
+    host = urlparse(url).netloc
+    last_error = ""
+    with requests.Session() as session:
+        for attempt in range(retries + 1):
+            if attempt:
+                delay = backoff * 2 ** (attempt - 1)
+                _say(label, f"retry {attempt}/{retries} in {delay:.0f}s ({last_error})")
+                time.sleep(delay)
+            try:
+                if _stream(session, url, partial, timeout, label):
+                    return
+                last_error = "transfer ended early"
+            except requests.HTTPError as exc:
+                status = exc.response.status_code
+                if status not in RETRYABLE_STATUS:
+                    raise DownloadError(f"{label}: {url} answered HTTP {status}; check the URL") from None
+                last_error = f"HTTP {status}"
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                last_error = f"cannot reach {host}: {type(exc).__name__}"
+    raise DownloadError(f"{label}: giving up on {url} after {retries + 1} attempts ({last_error}).\n"
+                        f"  Offline or air-gapped? Download it elsewhere, check its sha256, and point the spec "
+                        f"at the local file instead (e.g. services.k3s.file).")
+
+
+def _stream(session: requests.Session, url: str, partial: Path, timeout: float, label: str) -> bool:
+    """One attempt, resuming `partial`. True when the server's whole body has arrived."""
+    have = partial.stat().st_size if partial.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    with session.get(url, stream=True, headers=headers, timeout=timeout) as response:
+        if response.status_code == 416 and have:
+            return True   # nothing left to send: the partial file is whole (the checksum decides)
+        response.raise_for_status()
+        resuming = have and response.status_code == 206
+        if not resuming:
+            have = 0      # the server ignored the range: start over
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length is not None else None
+        if resuming:
+            _say(label, f"resuming at {have / 2**20:.1f} MiB")
+        got = have
+        shown = time.monotonic()
+        try:
+            with open(partial, "ab" if resuming else "wb") as f:
+                for chunk in response.iter_content(CHUNK):
+                    f.write(chunk)
+                    got += len(chunk)
+                    if time.monotonic() - shown >= 1.0:
+                        _progress(label, got, total)
+                        shown = time.monotonic()
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+            return False
+        _progress(label, got, total)
+        return total is None or got >= total
+
+
+def _progress(label: str, got: int, total: int | None) -> None:
+    if total:
+        _say(label, f"{got / 2**20:.1f}/{total / 2**20:.1f} MiB ({100 * got / total:.0f}%)")
+    else:
+        _say(label, f"{got / 2**20:.1f} MiB")
+
+
+def _say(label: str, message: str) -> None:
+    print(f"[{label}] {message}", file=sys.stderr, flush=True)
