@@ -7,6 +7,6 @@ from tasks.prereqs import task_prereqs
 from tasks.rootfs import task_rootfs
 from tasks.spec import task_keys, task_validate
 from tasks.vm import (task_test_vm, task_test_vm_5, task_test_vm_integration, task_vm_clean, task_vm_info,
-                      task_vm_status, task_vm_stop)
+                      task_vm_shell, task_vm_status, task_vm_stop)
 
 __all__ = [name for name in dir() if name.startswith("task_")]

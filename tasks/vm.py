@@ -1,5 +1,6 @@
 """test_vm and friends: the QEMU test cluster (clusteros/vm)."""
 
+import shlex
 import sys
 
 import doit
@@ -66,6 +67,22 @@ def task_vm_stop():
 def task_vm_clean():
     """Stop the test cluster and remove everything it left under dist/vm."""
     return _vm_task(task_vm_clean.__doc__, _print(cluster.clean))
+
+
+def _shell():
+    node = doit.get_var("node", "1")
+    command = doit.get_var("cmd", "")
+    try:
+        number = int(node)
+    except ValueError:
+        return TaskFailed(f"node={node!r}: give a node number, e.g. `doit vm_shell node=2 cmd=hostname`")
+    code = cluster.shell(spec(), number, shlex.split(command))
+    return True if code == 0 else TaskFailed(f"node{number}: command exited {code}")
+
+
+def task_vm_shell():
+    """Run a command on node N: `doit vm_shell node=2 cmd="sinfo -N"` (no cmd: log in)."""
+    return _vm_task(task_vm_shell.__doc__, _shell)
 
 
 def task_test_vm_integration():

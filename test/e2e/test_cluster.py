@@ -157,6 +157,8 @@ def test_shell_runs_one_command_and_returns_its_status(running):
     from clusteros.cli import main
     assert main(["shell", "1", "--", "true"]) == 0
     assert main(["shell", "1", "--", "sh", "-c", "exit 7"]) == 7
+    assert main(["shell", "1", "--", "sh", "-c", "echo 'two words'; test -n \"$0\""]) == 0
+    assert "node2" in doit("vm_shell", "node=2", "cmd=hostname").stdout
 
 
 def test_stop_then_clean_leaves_no_process_socket_or_overlay(running):
