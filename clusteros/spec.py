@@ -422,6 +422,12 @@ def semantic_problems(spec: dict, base_dir: Path) -> list[Problem]:
                 problems.append(Problem(f"services.slurm.partitions[{i}].nodes[{j}]", f"no node is named {name!r}",
                                         f"did you mean {close[0]!r}?" if close else ""))
 
+    packer = spec["image"]["packer"]
+    if spec["image"]["builder"] == "packer" and packer["base"] == "iso" and not (
+            "iso_url" in packer and "iso_sha256" in packer):
+        problems.append(Problem("image.packer", "base: iso needs iso_url and iso_sha256",
+                                "or use base: native, which boots the native build and works offline"))
+
     k3s = spec["services"]["k3s"]
     if "url" in k3s and "file" in k3s:
         problems.append(Problem("services.k3s", "gives both url and file", "keep one: url to download, file for air-gapped builds"))

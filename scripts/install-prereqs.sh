@@ -14,6 +14,7 @@ packages=(
     qemu-utils e2fsprogs dosfstools mtools fdisk grub-common grub-pc-bin grub-efi-amd64-bin passwd
     pigz openssh-client ca-certificates       # image, gz, keys
     qemu-system-x86 vde2 seabios ovmf         # test_vm
+    packer                                    # image.builder: packer
     xorriso squashfs-tools cpio               # iso, usb, pxe
 )
 # Ubuntu's archive keyring lets a host build Ubuntu images (image.distro: ubuntu).

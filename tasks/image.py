@@ -2,7 +2,7 @@
 
 from doit.tools import config_changed
 
-from clusteros import convert, download, image, paths, rootfs, secrets
+from clusteros import accel, convert, download, image, packer, paths, rootfs, secrets
 from clusteros.spec import image_view, node_view, rootfs_view
 from tasks.context import dist, node_pyz, spec
 
@@ -32,9 +32,8 @@ def task_k3s():
             "targets": [download.cache_path(source, sha)], "uptodate": [True]}
 
 
-def task_image():
-    """Build the bootable node image dist/<name>.qcow2 and its manifest."""
-    s = spec()
+def _native(s: dict, qcow2, manifest) -> dict:
+    """The native build of `qcow2`: the image itself, or the base Packer starts from."""
     view = rootfs_view(s)
     key = secrets.test_key_path(s)
     deps = {
@@ -47,13 +46,42 @@ def task_image():
         deps["k3s_binary"] = download.cache_path(source, s["services"]["k3s"]["sha256"])
     return {
         "actions": [(image.build_image, [], dict(
-            spec=s, node_spec=node_view(s), qcow2=dist(".qcow2"), manifest=dist(".manifest.json"),
-            inputs=_image_inputs(s), **deps))],
+            spec=s, node_spec=node_view(s), qcow2=qcow2, manifest=manifest, inputs=_image_inputs(s), **deps))],
         "file_dep": list(deps.values()) + image.overlay_files(s["image"]["distro"])
                     + [paths.PROJECT_ROOT / "clusteros" / f for f in IMAGE_CODE],
         "task_dep": ["validate"],
-        "targets": [dist(".qcow2"), dist(".manifest.json")],
+        "targets": [qcow2, manifest],
         "uptodate": [config_changed(image_view(s))],
+        "clean": True,
+    }
+
+
+def _packer_build(s: dict) -> None:
+    packer.build(spec=s, base_qcow2=dist("-base.qcow2"), base_manifest=dist("-base.manifest.json"),
+                 ssh_key=secrets.test_key_path(s), accel=accel.choose(s["vm"]["accel"]).name,
+                 qcow2=dist(".qcow2"), manifest=dist(".manifest.json"))
+
+
+def task_image_base():
+    """builder: packer only: the native build Packer boots and provisions (dist/<name>-base.qcow2)."""
+    s = spec()
+    if s["image"]["builder"] != "packer":
+        return {"actions": [], "uptodate": [True], "doc": "only used with image.builder: packer"}
+    return _native(s, dist("-base.qcow2"), dist("-base.manifest.json"))
+
+
+def task_image():
+    """Build the bootable node image dist/<name>.qcow2 and its manifest (native, or Packer on the native base)."""
+    s = spec()
+    if s["image"]["builder"] == "native":
+        return _native(s, dist(".qcow2"), dist(".manifest.json"))
+    script = packer.provision_script(s["image"]["distro"])
+    return {
+        "actions": [(_packer_build, [s])],
+        "file_dep": [dist("-base.qcow2"), dist("-base.manifest.json"), script,
+                     paths.PROJECT_ROOT / "clusteros" / "packer.py"],
+        "targets": [dist(".qcow2"), dist(".manifest.json")],
+        "uptodate": [config_changed({"image": image_view(s), "vm": {k: s["vm"][k] for k in ("memory", "cpus")}})],
         "clean": True,
     }
 

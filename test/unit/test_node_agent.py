@@ -167,7 +167,7 @@ def test_hosts_file_names_every_node(spec):
 # -- status -------------------------------------------------------------------
 
 def test_status_renders_members_peers_and_services():
-    now = time.time()
+    now = float(int(time.time()))   # whole seconds: "30s ago" must not round to 31
     state = {"name": "node1", "role": "controller", "controller": "node1", "lan_address": "10.42.0.11/24",
              "wg_address": "10.99.0.1",
              "members": [{"name": "node1", "lan_ip": "10.42.0.11", "wg_ip": "10.99.0.1", "live": True, "last_seen": 0.5},

@@ -1,0 +1,82 @@
+"""The Packer template generated from the spec (Packer itself runs in the e2e test)."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from clusteros import packer
+from clusteros.spec import check_spec_data, load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def spec():
+    return load_spec(ROOT / "cluster.yaml")
+
+
+def native(spec, version, tmp_path):
+    return packer.render(spec=spec, base={"kind": "native", "image": "/dist/democluster-base.qcow2", "sha256": "ab" * 32},
+                         output_dir=tmp_path / "out", ssh_key=tmp_path / "id_ed25519", accel="tcg", version=version,
+                         provision_script=ROOT / "images/debian/provision.sh", serial_log=tmp_path / "serial.log")
+
+
+def test_native_base_boots_the_native_disk_with_the_test_key(spec, tmp_path):
+    hcl = native(spec, (1, 6, 6), tmp_path)
+    assert "disk_image = true" in hcl
+    assert f'iso_checksum = "sha256:{"ab" * 32}"' in hcl
+    assert 'accelerator = "tcg"' in hcl and 'ssh_username = "admin"' in hcl
+    assert f'ssh_private_key_file = "{tmp_path / "id_ed25519"}"' in hcl
+    assert 'disk_size = "4096M"' in hcl and 'vnc_bind_address = "127.0.0.1"' in hcl
+    assert "images/debian/provision.sh" in hcl
+
+
+def test_packer_1_6_gets_no_required_plugins_and_1_7_does(spec, tmp_path):
+    assert "required_plugins" not in native(spec, (1, 6, 6), tmp_path)
+    newer = native(spec, (1, 9, 4), tmp_path)
+    assert "required_plugins" in newer and 'source  = "github.com/hashicorp/qemu"' in newer
+
+
+def test_iso_base_serves_autoinstall_and_types_the_boot_command(spec, tmp_path):
+    hcl = packer.render(spec=spec, base={"kind": "iso", "url": "https://releases.example/noble.iso", "sha256": "cd" * 32},
+                        output_dir=tmp_path / "out", ssh_key=tmp_path / "k", accel="kvm", version=(1, 11, 0),
+                        provision_script=ROOT / "images/ubuntu/provision.sh", serial_log=tmp_path / "s",
+                        http_dir=tmp_path / "http")
+    assert "disk_image" not in hcl
+    assert f'http_directory = "{tmp_path / "http"}"' in hcl
+    assert "autoinstall ds=nocloud-net" in hcl and "{{ .HTTPIP }}" in hcl
+
+
+def test_autoinstall_user_data_has_the_user_and_keys_and_no_password(spec):
+    data = packer.autoinstall_user_data(spec, "ssh-ed25519 AAAATEST test")
+    assert "username: admin" in data and '"ssh-ed25519 AAAATEST test"' in data
+    assert "allow-pw: false" in data and "NOPASSWD" in data
+
+
+def test_version_parsing():
+    assert packer.parse_version("Packer v1.6.6") == (1, 6, 6)
+    assert packer.parse_version("Packer v1.11.2\n\nYour version is out of date") == (1, 11, 2)
+    with pytest.raises(ValueError):
+        packer.parse_version("command not found")
+
+
+def test_iso_base_without_its_url_is_a_spec_error():
+    from clusteros.spec import SpecError
+    with pytest.raises(SpecError, match=r"image.packer \(line 2\): base: iso needs iso_url and iso_sha256"):
+        check_spec_data(b"cluster: {name: a}\nimage: {builder: packer, packer: {base: iso}}\n", "t", ROOT)
+
+
+@pytest.mark.skipif(not shutil.which("packer"), reason="packer is installed by scripts/install-prereqs.sh")
+def test_installed_packer_accepts_the_template(spec, tmp_path):
+    version = packer.installed_version()
+    base = tmp_path / "base.qcow2"
+    base.write_bytes(b"")
+    hcl = packer.render(spec=spec, base={"kind": "native", "image": str(base), "sha256": "ab" * 32},
+                        output_dir=tmp_path / "out", ssh_key=tmp_path / "k", accel="tcg", version=version,
+                        provision_script=ROOT / "images/debian/provision.sh", serial_log=tmp_path / "s")
+    (tmp_path / "node.pkr.hcl").write_text(hcl)
+    out = subprocess.run(["packer", "validate", "-syntax-only", "node.pkr.hcl"], cwd=tmp_path, capture_output=True,
+                         text=True, env={"PATH": "/usr/bin:/bin", "CHECKPOINT_DISABLE": "1", "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stdout + out.stderr
