@@ -125,7 +125,9 @@ autoinstall:
 
 
 def provision_script(distro: str) -> Path:
-    return paths.IMAGES_DIR / distro / "provision.sh"
+    """images/<distro>/provision.sh if the distro has its own, else the shared one."""
+    own = paths.IMAGES_DIR / distro / "provision.sh"
+    return own if own.exists() else paths.IMAGES_DIR / "common" / "provision.sh"
 
 
 def build(*, spec: dict, base_qcow2: Path, base_manifest: Path, ssh_key: Path, accel: str,

@@ -20,7 +20,7 @@ def spec():
 def native(spec, version, tmp_path):
     return packer.render(spec=spec, base={"kind": "native", "image": "/dist/democluster-base.qcow2", "sha256": "ab" * 32},
                          output_dir=tmp_path / "out", ssh_key=tmp_path / "id_ed25519", accel="tcg", version=version,
-                         provision_script=ROOT / "images/debian/provision.sh", serial_log=tmp_path / "serial.log")
+                         provision_script=ROOT / "images/common/provision.sh", serial_log=tmp_path / "serial.log")
 
 
 def test_native_base_boots_the_native_disk_with_the_test_key(spec, tmp_path):
@@ -30,7 +30,7 @@ def test_native_base_boots_the_native_disk_with_the_test_key(spec, tmp_path):
     assert 'accelerator = "tcg"' in hcl and 'ssh_username = "admin"' in hcl
     assert f'ssh_private_key_file = "{tmp_path / "id_ed25519"}"' in hcl
     assert 'disk_size = "4096M"' in hcl and 'vnc_bind_address = "127.0.0.1"' in hcl
-    assert "images/debian/provision.sh" in hcl
+    assert "images/common/provision.sh" in hcl
 
 
 def test_packer_1_6_gets_no_required_plugins_and_1_7_does(spec, tmp_path):
@@ -42,7 +42,7 @@ def test_packer_1_6_gets_no_required_plugins_and_1_7_does(spec, tmp_path):
 def test_iso_base_serves_autoinstall_and_types_the_boot_command(spec, tmp_path):
     hcl = packer.render(spec=spec, base={"kind": "iso", "url": "https://releases.example/noble.iso", "sha256": "cd" * 32},
                         output_dir=tmp_path / "out", ssh_key=tmp_path / "k", accel="kvm", version=(1, 11, 0),
-                        provision_script=ROOT / "images/ubuntu/provision.sh", serial_log=tmp_path / "s",
+                        provision_script=ROOT / "images/common/provision.sh", serial_log=tmp_path / "s",
                         http_dir=tmp_path / "http")
     assert "disk_image" not in hcl
     assert f'http_directory = "{tmp_path / "http"}"' in hcl
@@ -75,7 +75,7 @@ def test_installed_packer_accepts_the_template(spec, tmp_path):
     base.write_bytes(b"")
     hcl = packer.render(spec=spec, base={"kind": "native", "image": str(base), "sha256": "ab" * 32},
                         output_dir=tmp_path / "out", ssh_key=tmp_path / "k", accel="tcg", version=version,
-                        provision_script=ROOT / "images/debian/provision.sh", serial_log=tmp_path / "s")
+                        provision_script=ROOT / "images/common/provision.sh", serial_log=tmp_path / "s")
     (tmp_path / "node.pkr.hcl").write_text(hcl)
     out = subprocess.run(["packer", "validate", "-syntax-only", "node.pkr.hcl"], cwd=tmp_path, capture_output=True,
                          text=True, env={"PATH": "/usr/bin:/bin", "CHECKPOINT_DISABLE": "1", "HOME": str(tmp_path)})
