@@ -126,7 +126,7 @@ def test_one_overlay_file_rebuilds_the_image_but_not_the_rootfs(image):
     try:
         motd.write_text("ClusterOS node (rebuild test)\n")
         started = time.monotonic()
-        out = doit("image", "-v", "2")
+        out = doit("image")
         seconds = time.monotonic() - started
         assert "-- rootfs" in out.stdout, "the root file system must come from the cache"
         assert ".  image" in out.stdout
