@@ -118,7 +118,7 @@ def write_partition_table(disk: Path, ids: DiskIds, disk_bytes: int) -> None:
         f.truncate(disk_bytes)
     script = disk.with_suffix(".sfdisk")
     script.write_text(sfdisk_script(ids, disk_bytes))
-    runner.run("image", ["sh", "-c", f'sfdisk --no-reread --no-tell-kernel "$0" < "$1"', disk, script],
+    runner.run("image", ["sh", "-c", 'sfdisk --no-reread --no-tell-kernel "$0" < "$1"', disk, script],
                log=runner.log_path("image-disk"))
     script.unlink()
 

@@ -4,13 +4,11 @@ import gzip
 import hashlib
 import json
 import subprocess
-import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from clusteros import accel, secrets
+from clusteros import accel
 from clusteros.vm import cluster
 from clusteros.vm.machine import Machine
 

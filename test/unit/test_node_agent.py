@@ -1,6 +1,5 @@
 """The node-agent's logic: message signing and rejection, roles, addresses, slurm.conf, identity."""
 
-import json
 import time
 from pathlib import Path
 

@@ -3,8 +3,6 @@
 import json
 from pathlib import Path
 
-import pytest
-
 from clusteros import spec as S
 
 ROOT = Path(__file__).resolve().parents[2]
