@@ -1,7 +1,9 @@
-"""End-to-end fixtures: real doit, real mmdebstrap, real QEMU, in the project's dist/.
+"""End-to-end fixtures: real doit, real mmdebstrap, real QEMU.
 
 These tests build what a user builds (`doit image raw gz` on the shipped
-cluster.yaml), so a warm cache makes them fast and a cold one makes them real.
+cluster.yaml), in dist/e2e/ rather than the user's dist/, so that they never
+touch a cluster the user is running (a taken port is a clear error instead).
+They share the user's rootfs cache: a warm cache makes them fast.
 """
 
 import os
@@ -12,7 +14,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DIST = ROOT / "dist"
+DIST = ROOT / "dist" / "e2e"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def e2e_dist():
+    """Every e2e test, and every doit it starts, works in dist/e2e/."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("CLUSTEROS_DIST", str(DIST))
+    patch.delenv("CLUSTEROS_DOIT_DB", raising=False)
+    yield DIST
+    patch.undo()
 
 
 def doit(*args: str, timeout: float = 1800, check: bool = True) -> subprocess.CompletedProcess:
@@ -28,7 +40,7 @@ def doit(*args: str, timeout: float = 1800, check: bool = True) -> subprocess.Co
 
 
 @pytest.fixture(scope="session")
-def image() -> Path:
+def image(e2e_dist) -> Path:
     doit("image", "raw", "gz")
     return DIST / "democluster.qcow2"
 
