@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -31,22 +30,6 @@ def atomic_path(target: str | os.PathLike, mode: int = 0o644) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-@contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
-    """Like atomic_path, for a directory of outputs (e.g. dist/pxe)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def write_text(target: str | os.PathLike, text: str, mode: int = 0o644) -> None:

@@ -171,24 +171,6 @@ def format_path(parts) -> str:
     return out
 
 
-def _schema_at(schema: dict, root: dict, parts) -> dict:
-    """The subschema that describes the value at `parts`, as far as it can be followed."""
-    node = schema
-    for part in parts:
-        while "$ref" in node:
-            node = _resolve_ref(root, node["$ref"])
-        if "oneOf" in node:
-            branch = [b for b in node["oneOf"] if (b.get("type") == "array") == isinstance(part, int)]
-            node = branch[0] if branch else node
-        if isinstance(part, int):
-            node = node.get("items", {})
-        else:
-            node = node.get("properties", {}).get(part, {})
-    while "$ref" in node:
-        node = _resolve_ref(root, node["$ref"])
-    return node
-
-
 def _resolve_ref(root: dict, ref: str) -> dict:
     node = root
     for key in ref.lstrip("#/").split("/"):
@@ -569,10 +551,6 @@ def node_view(spec: dict) -> dict:
 
 def image_view(spec: dict) -> dict:
     return {"node": node_view(spec), "image": spec["image"]}
-
-
-def installer_view(spec: dict) -> dict:
-    return spec["installer"]
 
 
 def vm_view(spec: dict) -> dict:

@@ -26,7 +26,7 @@ from clusteros import paths, runner, secrets
 from clusteros.atomic import write_json
 from clusteros.errors import ClusterOSError, UsageError
 from clusteros.spec import node_mac
-from clusteros.vm.machine import Machine
+from clusteros.vm.machine import Machine, pid_from_file
 
 OVMF_CODE = [Path("/usr/share/OVMF/OVMF_CODE_4M.fd"), Path("/usr/share/OVMF/OVMF_CODE.fd"),
              Path("/usr/share/ovmf/OVMF.fd"), Path("/usr/share/qemu/OVMF.fd")]
@@ -119,12 +119,7 @@ class Switch:
         self.pid_file = self.directory / "switch.pid"
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            return None
-        return pid if b"vde_switch" in cmdline else None
+        return pid_from_file(self.pid_file, str(self.sock).encode())
 
     def ensure_running(self) -> None:
         if self.pid():

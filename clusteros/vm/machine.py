@@ -28,6 +28,19 @@ class MachineError(ClusterOSError):
     pass
 
 
+def pid_from_file(pid_file: Path, marker: bytes) -> int | None:
+    """The pid in `pid_file` if that process is alive and its command line holds `marker`.
+
+    The marker guards against a stale pid file naming an unrelated process that reused the pid.
+    """
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if marker in cmdline else None
+
+
 @dataclass
 class Machine:
     name: str
@@ -53,12 +66,7 @@ class Machine:
 
     def pid(self) -> int | None:
         """The QEMU pid, if the pid file names a live QEMU of this machine."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            return None
-        return pid if str(self.qmp_socket).encode() in cmdline else None
+        return pid_from_file(self.pid_file, str(self.qmp_socket).encode())
 
     def is_alive(self) -> bool:
         return self.pid() is not None
