@@ -1,6 +1,5 @@
 """test_vm and friends: the QEMU test cluster (clusteros/vm)."""
 
-import shlex
 import sys
 
 import doit
@@ -76,7 +75,8 @@ def _shell():
         number = int(node)
     except ValueError:
         return TaskFailed(f"node={node!r}: give a node number, e.g. `doit vm_shell node=2 cmd=hostname`")
-    code = cluster.shell(spec(), number, shlex.split(command))
+    # cmd is a command line, as for `ssh host 'cmd'`: pipes, `;` and quotes work.
+    code = cluster.shell(spec(), number, ["sh", "-c", command] if command else [])
     return True if code == 0 else TaskFailed(f"node{number}: command exited {code}")
 
 

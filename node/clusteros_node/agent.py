@@ -1,9 +1,11 @@
 """The node-agent daemon: announce, listen, and keep the node's part of the cluster in shape.
 
-Every TICK seconds it broadcasts a signed announcement on the cluster LAN, and
-reconciles: wg0 peers with the live members, SLURM and K3s with its role. Each
-step stands alone: one failing (say, slurmd not up yet) is logged and retried
-on the next tick without stopping the others.
+A thread broadcasts a signed announcement on the cluster LAN every TICK seconds,
+so a slow step (systemctl waiting on a unit) never makes the node look dead to
+its peers. The main loop receives announcements and, every TICK, reconciles:
+wg0 peers with the members, SLURM and K3s with its role. Each step stands alone:
+one failing (say, slurmd not up yet) is logged and retried on the next tick
+without stopping the others.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import select
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -100,7 +103,7 @@ class Agent:
         if self.members.update(self.payload(), now):
             self._save_known()
         live = self.members.live(now)
-        self._step("wireguard", lambda: self._mesh(live))
+        self._step("wireguard", self._mesh)
         if time.monotonic() - self.started < SETTLE:
             return
         controller = membership.controller(self.spec, [m.name for m in live])
@@ -118,10 +121,8 @@ class Agent:
             self._step("slurm", lambda: self._slurm(role, controller, controller_ip, leader))
         self._step("k3s", lambda: self.k3s.ensure(role, self.secret, self.wg_ip, controller_ip))
 
-    def _mesh(self, live: list[membership.Member]) -> None:
-        wanted = {m.wg_pubkey: {"name": m.name, "endpoint": f"{m.lan_ip}:{m.wg_port}", "allowed_ip": f"{m.wg_ip}/32"}
-                  for m in live if m.name != self.me.name and m.wg_pubkey and m.lan_ip}
-        for change in wireguard.sync_peers(wanted):
+    def _mesh(self) -> None:
+        for change in wireguard.sync_peers(self.members.mesh_peers(self.me.name)):
             log(f"wg0: {change}")
 
     def _slurm(self, role: str, controller: str, controller_ip: str, leader: membership.Member) -> None:
@@ -173,7 +174,7 @@ class Agent:
             "slurm": self.slurm.state() if self.spec["services"]["slurm"]["enabled"] else {"role": "disabled"},
             "k3s": self.k3s.state(),
             "dropped_packets": self.dropped_count,
-            "errors": self.errors,
+            "errors": dict(self.errors),   # a copy: the announce thread writes it too
             "updated": now,
         }
 
@@ -191,21 +192,37 @@ class Agent:
         sock.bind(("", PORT))
         log(f"node-agent: {self.me.name}, LAN {self.me.address or '-'}, wg0 {self.wg_ip}, "
             f"announcing to {self.broadcast_address()}:{PORT}")
+        threading.Thread(target=self._announce_forever, args=(sock,), name="announce", daemon=True).start()
         next_tick = 0.0
         while True:
-            now = time.monotonic()
-            if now >= next_tick:
-                try:
-                    sock.sendto(self.announcement(), (self.broadcast_address(), PORT))
-                except OSError as exc:
-                    self.errors["announce"] = str(exc)
-                self.reconcile()
-                self.write_status()
-                next_tick = now + TICK
-            ready, _, _ = select.select([sock], [], [], max(0.0, next_tick - time.monotonic()))
-            if ready:
-                packet, (sender, _) = sock.recvfrom(messages.MAX_PACKET + 1)
-                self.receive(packet, sender)
+            wait = next_tick - time.monotonic()
+            if wait > 0:
+                self._receive(sock, wait)
+                continue
+            # What arrived while the last reconcile ran must count before liveness is judged.
+            while self._receive(sock, 0):
+                pass
+            self.reconcile()
+            self.write_status()
+            next_tick = time.monotonic() + TICK
+
+    def _receive(self, sock: socket.socket, wait: float) -> bool:
+        """Handle one announcement if one arrives within `wait` seconds."""
+        ready, _, _ = select.select([sock], [], [], wait)
+        if not ready:
+            return False
+        packet, (sender, _) = sock.recvfrom(messages.MAX_PACKET + 1)
+        self.receive(packet, sender)
+        return True
+
+    def _announce_forever(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                sock.sendto(self.announcement(), (self.broadcast_address(), PORT))
+                self.errors.pop("announce", None)
+            except OSError as exc:
+                self.errors["announce"] = str(exc)
+            time.sleep(TICK)
 
 
 def main(spec: dict) -> int:

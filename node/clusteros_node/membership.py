@@ -6,7 +6,9 @@ import ipaddress
 import zlib
 from dataclasses import dataclass
 
-LIVE_SECONDS = 10.0
+# A member is live while its announcements keep arriving. Generous, because a TCG guest or a
+# node busy starting k3s can stall for several seconds, and a false "down" moves the controller.
+LIVE_SECONDS = 20.0
 
 
 @dataclass
@@ -49,6 +51,17 @@ class Membership:
 
     def live(self, now: float) -> list[Member]:
         return sorted((m for m in self.members.values() if m.live(now)), key=lambda m: m.name)
+
+    def mesh_peers(self, me: str) -> dict[str, dict]:
+        """wg0 peers: every member seen since boot, live or not (public key -> name, endpoint, address).
+
+        A peer that is down costs nothing, and keeping it means a missed announcement never
+        tears down a working tunnel under a running job. A member that comes back with a new
+        key replaces its old entry, because members are kept by name.
+        """
+        return {m.wg_pubkey: {"name": m.name, "endpoint": f"{m.lan_ip}:{m.wg_port}", "allowed_ip": f"{m.wg_ip}/32"}
+                for m in sorted(self.members.values(), key=lambda m: m.name)
+                if m.name != me and m.wg_pubkey and m.lan_ip}
 
 
 def controller(spec: dict, live_names: list[str]) -> str | None:

@@ -89,12 +89,29 @@ def test_derived_keys_differ_by_purpose_and_are_stable():
 # -- membership and roles ----------------------------------------------------
 
 def test_members_go_down_when_they_stop_announcing():
+    window = membership.LIVE_SECONDS
     table = membership.Membership()
     table.update(announcement("node2"), now=100.0)
     table.update(announcement("node3"), now=105.0)
-    assert [m.name for m in table.live(108.0)] == ["node2", "node3"]
-    assert [m.name for m in table.live(112.0)] == ["node3"]
+    assert [m.name for m in table.live(100.0 + window)] == ["node2", "node3"]
+    assert [m.name for m in table.live(100.0 + window + 1)] == ["node3"]
     assert set(table.known) == {"node2", "node3"}, "a node that went down stays known (slurm shows it DOWN)"
+
+
+def test_mesh_keeps_a_peer_that_stopped_announcing_and_follows_a_new_key():
+    def member(number, key):
+        return announcement(f"node{number}", index=number, lan_ip=f"10.42.0.1{number}",
+                            wg_ip=f"10.99.0.{number}", wg_pubkey=key * 44)
+    table = membership.Membership()
+    for number, key in ((1, "A"), (2, "B"), (3, "C")):
+        table.update(member(number, key), now=100.0)
+    peers = table.mesh_peers("node1")
+    assert sorted(p["name"] for p in peers.values()) == ["node2", "node3"], "never itself"
+    assert table.live(1000.0) == [] and table.mesh_peers("node1") == peers, "a silent member keeps its tunnel"
+    table.update(member(3, "N"), now=1001.0)
+    peers = table.mesh_peers("node1")
+    assert sorted(peers) == ["B" * 44, "N" * 44], "node3's old key is gone"
+    assert peers["N" * 44] == {"name": "node3", "endpoint": "10.42.0.13:51820", "allowed_ip": "10.99.0.3/32"}
 
 
 def test_controller_is_the_lowest_named_live_node(spec):
