@@ -36,7 +36,10 @@ COMMON: list[Check] = [
     ("SeaBIOS", "/usr/share/seabios/bios-256k.bin", "seabios", "test_vm"),
     ("OVMF (UEFI)", "/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf", "test_vm, iso"),
     ("xorriso", "xorriso", "xorriso", "iso, usb"),
-    ("mksquashfs", "mksquashfs", "squashfs-tools", "iso, usb, pxe"),
+    ("grub-mkrescue", "grub-mkrescue", "grub-common", "iso, usb"),
+    ("cpio", "cpio", "cpio", "iso, usb, pxe"),
+    ("static busybox", "/bin/busybox", "busybox-static", "iso, usb, pxe"),
+    ("iPXE ROMs", "/usr/lib/ipxe/qemu/efi-virtio.rom", "ipxe-qemu", "PXE tests"),
 ]
 NATIVE: list[Check] = [
     ("mmdebstrap", "mmdebstrap", "mmdebstrap", "rootfs"),

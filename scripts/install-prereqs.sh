@@ -15,7 +15,7 @@ packages=(
     pigz openssh-client ca-certificates       # image, gz, keys
     qemu-system-x86 vde2 seabios ovmf         # test_vm
     packer                                    # image.builder: packer
-    xorriso squashfs-tools cpio               # iso, usb, pxe
+    xorriso cpio busybox-static ipxe-qemu     # iso, usb, pxe (and booting them in tests)
 )
 # Ubuntu's archive keyring lets a host build Ubuntu images (image.distro: ubuntu).
 # Debian 12's archive does not carry it; `clusteros doctor` says so when it is needed.

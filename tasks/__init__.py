@@ -1,7 +1,7 @@
 """One module per stage; each binds the spec to plain functions in clusteros/."""
 
 from tasks.image import task_gz, task_image, task_image_base, task_k3s, task_raw
-from tasks.installers import task_iso, task_pxe, task_usb
+from tasks.installers import task_iso, task_payload, task_pxe, task_usb
 from tasks.node import task_node
 from tasks.prereqs import task_prereqs
 from tasks.rootfs import task_rootfs

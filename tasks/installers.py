@@ -1,33 +1,57 @@
-"""iso, usb, pxe: installers built from the node image.
+"""payload, iso, usb, pxe: installers for the node image (clusteros.installer does the work).
 
-Declared so the graph is whole; their builders come with the installers issue.
-Until then each fails with a plain message instead of producing a fake file.
+The payload (the raw disk's data extents, gzipped, and their map) is made once
+for all installers. Each installer rebuilds when the payload, the kernel's root
+file system, the installer's own files or the spec's `installer` section change.
 """
 
-from doit.exceptions import TaskFailed
+from doit.tools import config_changed
 
-from tasks.context import dist
+from clusteros import installer, paths, rootfs
+from clusteros.spec import rootfs_view
+from tasks.context import dist, spec
+
+INSTALLER_CODE = paths.PROJECT_ROOT / "clusteros" / "installer.py"
 
 
-def _not_built_yet(what: str):
-    def action():
-        return TaskFailed(f"{what} is not implemented yet in this version of ClusterOS; "
-                          "use dist/<name>.raw.gz with dd for now (see README: Deploying to hardware)")
-    return action
+def task_payload():
+    """The image's data for the installers: dist/<name>.data.gz and its extent map."""
+    return {"actions": [(installer.build_payload, [dist(".raw"), dist(".data.gz"), dist(".payload.json")])],
+            "file_dep": [dist(".raw"), INSTALLER_CODE],
+            "targets": [dist(".data.gz"), dist(".payload.json")], "clean": True}
+
+
+def _inputs(s: dict) -> dict:
+    return {"rootfs_tar": rootfs.rootfs_path(rootfs_view(s)), "manifest": dist(".manifest.json"),
+            "payload": dist(".payload.json")}
+
+
+def _file_deps(s: dict) -> list:
+    return [*_inputs(s).values(), dist(".data.gz"), *sorted(installer.installer_files().iterdir()), INSTALLER_CODE]
+
+
+def _uptodate(s: dict) -> list:
+    return [config_changed({"installer": s["installer"], "name": s["cluster"]["name"]})]
 
 
 def task_iso():
     """Hybrid installer ISO dist/<name>-installer.iso (BIOS and UEFI, CD and USB)."""
-    return {"actions": [_not_built_yet("the installer ISO")], "file_dep": [dist(".qcow2")],
-            "targets": [dist("-installer.iso")]}
+    s = spec()
+    return {"actions": [(installer.build_iso, [], dict(spec=s, iso=dist("-installer.iso"), **_inputs(s)))],
+            "file_dep": _file_deps(s), "targets": [dist("-installer.iso")], "uptodate": _uptodate(s),
+            "clean": True}
 
 
 def task_usb():
-    """USB installer image dist/<name>-usb.img.gz."""
-    return {"actions": [_not_built_yet("the USB installer")], "file_dep": [dist(".qcow2")],
-            "targets": [dist("-usb.img.gz")]}
+    """USB installer image dist/<name>-usb.img.gz (the hybrid ISO; prints the dd command)."""
+    return {"actions": [(installer.build_usb, [], dict(iso=dist("-installer.iso"), usb_gz=dist("-usb.img.gz")))],
+            "file_dep": [dist("-installer.iso")], "targets": [dist("-usb.img.gz")], "clean": True}
 
 
 def task_pxe():
-    """PXE boot set dist/pxe/ (kernel, initrd, root image, iPXE script)."""
-    return {"actions": [_not_built_yet("the PXE set")], "file_dep": [dist(".qcow2")]}
+    """PXE set dist/pxe/: kernel, initrd, image data, iPXE script, dnsmasq example."""
+    s = spec()
+    pxe_dir = paths.dist_dir() / "pxe"
+    return {"actions": [(installer.build_pxe, [], dict(spec=s, pxe_dir=pxe_dir, **_inputs(s)))],
+            "file_dep": _file_deps(s), "targets": [pxe_dir / "boot.ipxe", pxe_dir / "initrd.img"],
+            "uptodate": _uptodate(s), "clean": [(installer.remove_tree, [pxe_dir])]}

@@ -27,9 +27,12 @@ def e2e_dist():
     patch.undo()
 
 
-def doit(*args: str, timeout: float = 1800, check: bool = True) -> subprocess.CompletedProcess:
+def doit(*args: str, timeout: float = 1800, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """doit as a user runs it, on the shipped cluster.yaml unless `env` names another spec."""
+    extra = env or {}
     env = dict(os.environ)
     env.pop("CLUSTEROS_SPEC", None)
+    env.update(extra)
     out = subprocess.run([sys.executable, "-m", "doit", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=timeout)
     # Shown by pytest on failure: the whole story of the run.

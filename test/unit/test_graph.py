@@ -14,7 +14,7 @@ from doit.cmd_base import ModuleTaskLoader
 from doit.doit_cmd import DoitMain
 
 import tasks
-from clusteros import convert, image, paths, rootfs
+from clusteros import convert, image, installer, paths, rootfs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,6 +53,25 @@ def project(tmp_path, monkeypatch):
         gz.write_text("gz")
         gz.with_name(gz.name + ".sha256").write_text("sum")
 
+    def fake_payload(raw, data_gz, description):
+        calls.append("payload")
+        data_gz.write_text(f"data {time.time_ns()}")
+        description.write_text("{}")
+
+    def fake_installer(name):
+        def build(**kwargs):
+            calls.append(name)
+            out = {"iso": kwargs.get("iso"), "usb": kwargs.get("usb_gz")}.get(name)
+            if name == "pxe":   # a directory
+                out = kwargs["pxe_dir"] / "boot.ipxe"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                (out.parent / "initrd.img").write_text("initrd")
+            out.write_text(f"{name} {time.time_ns()}")
+        return build
+
+    monkeypatch.setattr(installer, "build_payload", fake_payload)
+    for name in ("iso", "usb", "pxe"):
+        monkeypatch.setattr(installer, f"build_{name}", fake_installer(name))
     monkeypatch.setattr(rootfs, "build_rootfs", fake_rootfs)
     monkeypatch.setattr(image, "build_image", fake_image)
     monkeypatch.setattr(convert, "to_raw", fake_raw)
@@ -194,3 +213,18 @@ def test_a_fresh_checkout_reuses_the_shared_rootfs_cache(project):
     project.doit()
     paths.doit_db().unlink()          # a new clone: no doit state, same user cache
     assert "rootfs" not in project.doit()
+
+
+def test_installers_rebuild_for_their_own_files_and_settings_only(project):
+    assert project.doit("iso", "usb", "pxe") == ["rootfs", "image", "raw", "payload", "iso", "usb", "pxe"]
+    assert project.doit("iso", "usb", "pxe") == []
+    project.edit_spec("memory: 1024", "memory: 2048")
+    assert project.doit("iso", "usb", "pxe") == []
+    init = project.root / "images/installer/init"
+    init.write_text(init.read_text() + "# changed\n")
+    bump(init)
+    assert project.doit("iso", "usb", "pxe") == ["iso", "usb", "pxe"], "the image and its payload stay"
+    project.edit_spec("unattended: false", "unattended: true")
+    assert project.doit("iso", "usb", "pxe") == ["iso", "usb", "pxe"]
+    project.edit_spec("timezone: UTC", "timezone: Europe/Berlin")
+    assert project.doit("iso", "usb", "pxe") == ["image", "raw", "payload", "iso", "usb", "pxe"]

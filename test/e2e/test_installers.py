@@ -1,0 +1,237 @@
+"""The installers, booted in QEMU as a user would boot them.
+
+Three machines install at once, each onto an empty virtual disk that the
+firmware tries first (so a machine boots the installer only while its disk is
+empty, as a fleet does): the ISO as a CD under UEFI, the USB image as a USB
+stick under BIOS, and PXE through QEMU's built-in TFTP under BIOS with iPXE.
+Each must reboot from its disk into the node image and answer SSH. Two
+refusals boot the same installer straight from its kernel and initrd and must
+leave every disk untouched.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from clusteros import secrets
+from clusteros.spec import load_spec
+from clusteros.vm import cluster
+from clusteros.vm.machine import Machine
+
+from .conftest import DIST, ROOT, doit
+
+pytestmark = pytest.mark.e2e
+
+INSTALL_TIMEOUT = 1500
+SSH_BASE_PORT = 2290
+
+
+@dataclass
+class Install:
+    medium: str
+    machine: Machine
+    disk: Path
+    ssh_port: int
+
+
+@pytest.fixture(scope="module")
+def unattended_spec(tmp_path_factory) -> Path:
+    """cluster.yaml as shipped, but unattended: what a fleet operator sets."""
+    text = (ROOT / "cluster.yaml").read_text()
+    assert "  unattended: false\n" in text
+    path = tmp_path_factory.mktemp("spec") / "cluster.yaml"
+    path.write_text(text.replace("  unattended: false\n", "  unattended: true\n"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def installers(image, unattended_spec) -> dict:
+    doit("iso", "usb", "pxe", env={"CLUSTEROS_SPEC": str(unattended_spec)})
+    usb = DIST / "vm-installers" / "usb.img"
+    usb.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(DIST / "democluster-usb.img.gz") as src, open(usb, "wb") as dst:
+        shutil.copyfileobj(src, dst, 4 * 1024 * 1024)
+    return {"iso": DIST / "democluster-installer.iso", "usb": usb, "pxe": DIST / "pxe",
+            "spec": load_spec(unattended_spec)}
+
+
+def empty_disk(path: Path, size: str = "6G") -> Path:
+    path.unlink(missing_ok=True)
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", str(path), size], check=True, capture_output=True)
+    return path
+
+
+def qemu_base(machine: Machine, disk: Path, ssh_port: int | None, firmware: str) -> list[str]:
+    argv = ["qemu-system-x86_64", "-name", f"{machine.name},process=clusteros-test-{machine.name}",
+            "-machine", "q35", "-accel", "tcg", "-m", "1024", "-smp", "1",
+            "-drive", f"file={disk},if=none,id=target,format=qcow2,discard=unmap",
+            "-device", "virtio-blk-pci,drive=target,bootindex=0",
+            "-display", "none", "-monitor", "none"]
+    if firmware == "uefi":
+        code = cluster.ovmf_code()
+        nvram = machine.directory / "OVMF_VARS.fd"
+        shutil.copyfile(code.with_name(code.name.replace("CODE", "VARS")), nvram)
+        argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={code}",
+                 "-drive", f"if=pflash,format=raw,file={nvram}"]
+    return argv
+
+
+def start_install(medium: str, built: dict, number: int) -> Install:
+    machine = Machine(f"install-{medium}", DIST / "vm-installers" / medium)
+    machine.directory.mkdir(parents=True, exist_ok=True)
+    disk = empty_disk(machine.directory / "disk.qcow2")
+    port = SSH_BASE_PORT + number
+    owner = cluster.port_owner(port)
+    assert owner is None, f"port {port} is taken by {owner}"
+    forward = f"hostfwd=tcp:127.0.0.1:{port}-:22"
+    if medium == "iso":
+        argv = qemu_base(machine, disk, port, "bios") + [
+            "-cdrom", str(built["iso"]),    # in place of q35's empty default CD drive
+            "-netdev", f"user,id=net,{forward}", "-device", "virtio-net-pci,netdev=net"]
+    elif medium == "usb":
+        argv = qemu_base(machine, disk, port, "uefi") + [
+            "-device", "qemu-xhci",
+            "-drive", f"file={built['usb']},if=none,id=stick,format=raw,readonly=on",
+            "-device", "usb-storage,drive=stick,bootindex=1",
+            "-netdev", f"user,id=net,{forward}", "-device", "virtio-net-pci,netdev=net"]
+    else:
+        argv = qemu_base(machine, disk, port, "bios") + [
+            "-netdev", f"user,id=net,{forward},tftp={built['pxe']},bootfile=boot.ipxe",
+            "-device", "virtio-net-pci,netdev=net,bootindex=1"]
+    machine.launch(argv)
+    return Install(medium, machine, disk, port)
+
+
+@pytest.fixture(scope="module")
+def installs(installers):
+    started = {medium: start_install(medium, installers, number)
+               for number, medium in enumerate(("iso", "usb", "pxe"))}
+    yield started
+    for install in started.values():
+        install.machine.stop(timeout=30)
+
+
+def ssh(spec: dict, port: int, command: str) -> subprocess.CompletedProcess:
+    argv = ["ssh", "-i", str(secrets.test_key_path(spec)), "-p", str(port),
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+            "-o", "ConnectTimeout=10", "-o", "BatchMode=yes", "admin@127.0.0.1", command]
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(argv, 255, "", "ssh timed out")
+
+
+def serial_text(machine: Machine) -> str:
+    try:
+        return machine.serial_log.read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def wait_installed_and_up(install: Install, spec: dict) -> str:
+    """Wait for the installer's success line, then for SSH on the installed system; return its root device."""
+    deadline = time.monotonic() + INSTALL_TIMEOUT
+    while time.monotonic() < deadline:
+        text = serial_text(install.machine)
+        assert "clusteros-installer: ERROR" not in text, f"{install.medium}: installer failed:\n{text[-3000:]}"
+        assert install.machine.is_alive(), f"{install.medium}: QEMU exited:\n{text[-3000:]}"
+        if "installed and verified" in text:
+            out = ssh(spec, install.ssh_port, "findmnt --noheadings --output SOURCE /")
+            if out.returncode == 0:
+                return out.stdout.strip()
+        time.sleep(10)
+    pytest.fail(f"{install.medium}: not installed and reachable in {INSTALL_TIMEOUT}s:\n"
+                + "\n".join(install.machine.serial_tail(30)))
+
+
+def direct_boot(name: str, pxe: Path, iso: Path, disks: list[Path], cmdline: str) -> Machine:
+    """The installer from its kernel and initrd, with the ISO attached as its medium."""
+    machine = Machine(name, DIST / "vm-installers" / name)
+    machine.directory.mkdir(parents=True, exist_ok=True)
+    argv = ["qemu-system-x86_64", "-name", f"{name},process=clusteros-test-{name}",
+            "-machine", "q35", "-accel", "tcg", "-m", "768", "-smp", "1", "-no-reboot",
+            "-kernel", str(pxe / "vmlinuz"), "-initrd", str(pxe / "initrd.img"),
+            "-append", f"console=ttyS0,115200n8 console=tty0 {cmdline}",
+            "-drive", f"file={iso},if=none,id=cd,media=cdrom,readonly=on", "-device", "ide-cd,drive=cd",
+            "-display", "none", "-monitor", "none"]
+    for number, disk in enumerate(disks):
+        argv += ["-drive", f"file={disk},if=none,id=d{number},format=qcow2", "-device", f"virtio-blk-pci,drive=d{number}"]
+    machine.launch(argv)
+    return machine
+
+
+def wait_for(machine: Machine, text: str, timeout: float = 600) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in (serial := serial_text(machine)):
+            return serial
+        assert machine.is_alive(), f"{machine.name}: QEMU exited before {text!r}:\n{serial[-3000:]}"
+        time.sleep(2)
+    pytest.fail(f"{machine.name}: no {text!r} in {timeout}s:\n" + "\n".join(machine.serial_tail(30)))
+
+
+def wait_gone(machine: Machine, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while machine.is_alive():
+        assert time.monotonic() < deadline, f"{machine.name} did not power off:\n" + "\n".join(machine.serial_tail())
+        time.sleep(1)
+
+
+def untouched(disk: Path) -> bool:
+    """Not one byte of the disk was written: every block of the qcow2 is still unallocated."""
+    extents = json.loads(subprocess.run(["qemu-img", "map", "--output=json", str(disk)], check=True,
+                                        capture_output=True, text=True).stdout)
+    return all(not extent["data"] for extent in extents)
+
+
+# The refusals run while the three installs are under way: they need no disk of theirs.
+@pytest.mark.usefixtures("installs")
+def test_asking_installer_given_no_answer_wipes_nothing(installers):
+    disk = empty_disk(DIST / "vm-installers" / "refuse-disk.qcow2")
+    machine = direct_boot("refuse-ask", installers["pxe"], installers["iso"], [disk], "clusteros.install=ask")
+    try:
+        wait_for(machine, "or press Enter to cancel:")
+        # The answer comes from the keyboard, as from a person at the screen: just Enter.
+        machine.execute("send-key", keys=[{"type": "qcode", "data": "ret"}])
+        wait_for(machine, "Cancelled: nothing was written.", timeout=120)
+        wait_gone(machine)
+    finally:
+        machine.stop(timeout=5)
+    assert untouched(disk)
+
+
+@pytest.mark.usefixtures("installs")
+def test_unattended_auto_target_refuses_two_empty_disks(installers):
+    disks = [empty_disk(DIST / "vm-installers" / f"two-{n}.qcow2", "5G") for n in (1, 2)]
+    machine = direct_boot("refuse-two", installers["pxe"], installers["iso"], disks,
+                          "clusteros.install=auto clusteros.target=auto")
+    try:
+        text = wait_for(machine, "nothing more was written")
+        assert "more than one empty disk ( vda vdb )" in text
+        wait_gone(machine)
+    finally:
+        machine.stop(timeout=5)
+    assert all(untouched(d) for d in disks)
+
+
+@pytest.mark.parametrize("medium", ["iso", "usb", "pxe"])
+def test_installer_writes_the_disk_and_the_machine_boots_from_it(installs, installers, medium):
+    root = wait_installed_and_up(installs[medium], installers["spec"])
+    assert root.startswith("/dev/vda"), f"{medium}: root is {root}, not on the installed disk"
+    text = serial_text(installs[medium].machine)
+    assert "/dev/vda  6144 MiB" in text and "(empty)" in text, "the installer listed the disks it saw"
+
+
+def test_pxe_set_has_what_a_boot_server_needs(installers):
+    names = {p.name for p in installers["pxe"].iterdir()}
+    assert {"vmlinuz", "initrd.img", "image.raw.gz", "image.raw.gz.sha256", "boot.ipxe",
+            "dnsmasq.conf.example"} <= names
+    assert installers["pxe"].joinpath("boot.ipxe").read_text().startswith("#!ipxe")
