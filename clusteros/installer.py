@@ -42,6 +42,7 @@ MODULE_PREFIXES = (
     "kernel/drivers/cdrom/", "kernel/drivers/usb/storage/", "kernel/drivers/usb/host/", "kernel/drivers/mmc/",
     "kernel/drivers/virtio/", "kernel/drivers/net/virtio_net.ko", "kernel/drivers/net/ethernet/intel/",
     "kernel/drivers/net/ethernet/realtek/", "kernel/drivers/net/ethernet/broadcom/", "kernel/fs/isofs/",
+    "kernel/fs/ext4/", "kernel/crypto/crc32c_generic.ko",      # running from RAM mounts the image's root
 )
 # Large and never needed to write a disk.
 MODULE_EXCLUDES = ("kernel/drivers/scsi/lpfc/", "kernel/drivers/scsi/qla2xxx/", "kernel/drivers/scsi/mpt3sas/",
@@ -68,6 +69,7 @@ def installer_config(installer: dict, manifest: dict, payload: "Payload") -> dic
     return {
         "IMAGE_NAME": manifest["name"],
         "IMAGE_BYTES": str(manifest["outputs"]["raw"]["bytes"]),
+        "ROOT_FS_UUID": manifest["disk"]["root_fs_uuid"],
         "DATA_BYTES": str(payload.data_bytes),
         "DATA_GZ_SHA256": payload.gz_sha256,
         "MEDIUM_ID": medium_id(payload.gz_sha256),
@@ -192,7 +194,8 @@ def grub_config(name: str, config: dict[str, str]) -> str:
     auto = f"unattended: erases {'the only empty disk' if config['TARGET'] == 'auto' else config['TARGET']}"
     entries = [("ask", f"Install {name} ({asked})", CONSOLES),
                ("auto", f"Install {name} ({auto})", CONSOLES),
-               ("ask", f"Install {name} on the serial console ({asked})", "console=tty0 console=ttyS0,115200n8")]
+               ("ask", f"Install {name} on the serial console ({asked})", "console=tty0 console=ttyS0,115200n8"),
+               ("ram", f"Run {name} from RAM (no disk is touched)", CONSOLES)]
     if config["INSTALL"] == "auto":
         entries[0], entries[1] = entries[1], entries[0]
     lines = [
@@ -224,9 +227,13 @@ def ipxe_script(name: str, config: dict[str, str]) -> str:
         f"menu ClusterOS {name}",
         f"item install Install to disk (mode ${{install}}, target {config['TARGET']})",
         "item ask Install to disk, asking before erasing",
+        "item ram Run from RAM (no disk is touched; needs the image's data size + 512 MiB of memory)",
         "item shell iPXE shell",
         "choose --default install --timeout 5000 choice || goto install",
         "goto ${choice}",
+        ":ram",
+        "set install ram",
+        "goto install",
         ":ask",
         "set install ask",
         ":install",

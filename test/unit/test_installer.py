@@ -52,7 +52,8 @@ def payload():
                              "c" * 64)
 
 
-MANIFEST = {"name": "lab", "outputs": {"raw": {"bytes": 4 * 2**30, "sha256": "d" * 64}}}
+MANIFEST = {"name": "lab", "disk": {"root_fs_uuid": "975bd3d4-28d6-5004-983e-edb4e73eb1e8"},
+            "outputs": {"raw": {"bytes": 4 * 2**30, "sha256": "d" * 64}}}
 
 
 def test_config_follows_the_spec():
@@ -83,7 +84,7 @@ def test_the_boot_menu_starts_with_what_the_spec_asks(unattended):
     assert ("unattended" in first[0]) == unattended
     assert f"clusteros.install={'auto' if unattended else 'ask'}" in first[1]
     assert "console=tty0 " not in first[1].split("quiet")[0].split("console=ttyS0")[0], "tty0 last: it reads the keyboard"
-    assert menu.count("menuentry") == 3
+    assert menu.count("menuentry") == 4 and "clusteros.install=ram" in menu
 
 
 def test_ipxe_script_loads_relative_to_itself_and_names_the_image():
