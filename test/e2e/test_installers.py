@@ -4,7 +4,9 @@ Three machines install at once, each onto an empty virtual disk that the
 firmware tries first (so a machine boots the installer only while its disk is
 empty, as a fleet does): the ISO as a CD under UEFI, the USB image as a USB
 stick under BIOS, and PXE through QEMU's built-in TFTP under BIOS with iPXE.
-Each must reboot from its disk into the node image and answer SSH. Two
+Each must reboot from its disk into the node image and answer SSH, and the
+smoke checks of a booted node run on them (these are the image's BIOS and
+UEFI boots: the raw disk as it lands on hardware). Two
 refusals boot the same installer straight from its kernel and initrd and must
 leave every disk untouched; so must a PXE node that runs the image from RAM.
 """
@@ -265,12 +267,67 @@ def test_pxe_node_runs_from_ram_and_touches_no_disk(installers, http_server):
     assert untouched(disk)
 
 
+FIRMWARE = {"iso": "bios", "usb": "uefi", "pxe": "bios"}
+
+
+@pytest.fixture(scope="module")
+def installed(installs, installers) -> dict[str, str]:
+    """Each machine installed and up from its disk: medium -> the device / is on."""
+    return {medium: wait_installed_and_up(install, installers["spec"]) for medium, install in installs.items()}
+
+
+def sh(installs, installers, medium: str, command: str) -> str:
+    out = ssh(installers["spec"], installs[medium].ssh_port, command)
+    assert out.returncode == 0, f"{command!r} on the {medium}-installed machine: {out.returncode}\n{out.stdout}{out.stderr}"
+    return out.stdout.strip()
+
+
 @pytest.mark.parametrize("medium", ["iso", "usb", "pxe"])
-def test_installer_writes_the_disk_and_the_machine_boots_from_it(installs, installers, medium):
-    root = wait_installed_and_up(installs[medium], installers["spec"])
-    assert root.startswith("/dev/vda"), f"{medium}: root is {root}, not on the installed disk"
+def test_installer_writes_the_disk_and_the_machine_boots_from_it(installed, installs, medium):
+    assert installed[medium].startswith("/dev/vda"), f"{medium}: root is {installed[medium]}, not on the installed disk"
     text = serial_text(installs[medium].machine)
     assert "/dev/vda  6144 MiB" in text and "(empty)" in text, "the installer listed the disks it saw"
+
+
+# The smoke checks of a booted node, on the machines the installers made: the image's
+# raw disk as it lands on hardware, under SeaBIOS (iso, pxe) and OVMF (usb).
+
+@pytest.mark.parametrize("medium", ["iso", "usb"])
+def test_boots_with_systemd_as_pid_1_under_its_firmware(installed, installs, installers, medium):
+    assert sh(installs, installers, medium, "ps -p 1 -o comm=") == "systemd"
+    assert sh(installs, installers, medium, "test -d /sys/firmware/efi && echo uefi || echo bios") == FIRMWARE[medium]
+
+
+def test_kernel_log_is_readable(installed, installs, installers):
+    assert sh(installs, installers, "iso", "sudo dd if=/dev/kmsg bs=8192 count=1 status=none | wc -c") != "0"
+
+
+def test_cluster_tools_and_units_are_installed(installed, installs, installers):
+    sh(installs, installers, "usb", "command -v wg && test -x /usr/sbin/slurmd && test -x /usr/sbin/slurmctld "
+                                    "&& command -v munge && test -x /usr/local/lib/clusteros/node-agent.pyz")
+    assert sh(installs, installers, "usb", "systemctl is-enabled node-agent.service") == "enabled"
+
+
+def test_ssh_is_keys_only_without_root(installed, installs, installers):
+    config = sh(installs, installers, "iso", "sudo sshd -T")
+    assert "passwordauthentication no" in config and "permitrootlogin no" in config
+
+
+def test_each_machine_makes_its_own_machine_id_host_key_and_name(installed, installs, installers):
+    def each(command):
+        return {sh(installs, installers, medium, command) for medium in installs}
+    assert len(each("cat /etc/machine-id")) == 3
+    assert len(each("cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub")) == 3
+    names = each("hostname")
+    assert len(names) == 3 and all(n.startswith("node-") for n in names), "MACs the spec does not list"
+
+
+def test_root_file_system_fills_the_disk(installed, installs, installers):
+    # growroot runs once at boot; wait for it rather than race it.
+    sh(installs, installers, "usb", "systemctl is-active --wait clusteros-growroot.service || "
+                                    "timeout 120 sh -c 'until systemctl is-active -q clusteros-growroot; do sleep 2; done'")
+    size = int(sh(installs, installers, "usb", "df --output=size -B1 / | tail -1"))
+    assert size > 5.5 * 1024**3, f"a 4 GiB image on a 6 GiB disk: / is {size} bytes"
 
 
 def test_pxe_set_has_what_a_boot_server_needs(installers):
