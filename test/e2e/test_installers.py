@@ -7,8 +7,9 @@ stick under BIOS, and PXE through QEMU's built-in TFTP under BIOS with iPXE.
 Each must reboot from its disk into the node image and answer SSH, and the
 smoke checks of a booted node run on them (these are the image's BIOS and
 UEFI boots: the raw disk as it lands on hardware). Two
-refusals boot the same installer straight from its kernel and initrd and must
-leave every disk untouched; so must a PXE node that runs the image from RAM.
+refusals must leave every disk untouched: the asking installer (booted from
+its kernel and initrd) answered with Enter, and the ISO as a CD under UEFI
+with two empty disks; so must a PXE node that runs the image from RAM.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def empty_disk(path: Path, size: str = "6G") -> Path:
     return path
 
 
-def qemu_base(machine: Machine, disk: Path, ssh_port: int | None, firmware: str) -> list[str]:
+def qemu_base(machine: Machine, disk: Path, firmware: str) -> list[str]:
     argv = ["qemu-system-x86_64", "-name", f"{machine.name},process=clusteros-test-{machine.name}",
             "-machine", "q35", "-accel", "tcg", "-m", "1024", "-smp", "1",
             "-drive", f"file={disk},if=none,id=target,format=qcow2,discard=unmap",
@@ -98,17 +99,17 @@ def start_install(medium: str, built: dict, number: int) -> Install:
     assert owner is None, f"port {port} is taken by {owner}"
     forward = f"hostfwd=tcp:127.0.0.1:{port}-:22"
     if medium == "iso":
-        argv = qemu_base(machine, disk, port, "bios") + [
+        argv = qemu_base(machine, disk, "bios") + [
             "-cdrom", str(built["iso"]),    # in place of q35's empty default CD drive
             "-netdev", f"user,id=net,{forward}", "-device", "virtio-net-pci,netdev=net"]
     elif medium == "usb":
-        argv = qemu_base(machine, disk, port, "uefi") + [
+        argv = qemu_base(machine, disk, "uefi") + [
             "-device", "qemu-xhci",
             "-drive", f"file={built['usb']},if=none,id=stick,format=raw,readonly=on",
             "-device", "usb-storage,drive=stick,bootindex=1",
             "-netdev", f"user,id=net,{forward}", "-device", "virtio-net-pci,netdev=net"]
     else:
-        argv = qemu_base(machine, disk, port, "bios") + [
+        argv = qemu_base(machine, disk, "bios") + [
             "-netdev", f"user,id=net,{forward},tftp={built['pxe']},bootfile=boot.ipxe",
             "-device", "virtio-net-pci,netdev=net,bootindex=1"]
     machine.launch(argv)
@@ -215,9 +216,15 @@ def test_asking_installer_given_no_answer_wipes_nothing(installers):
 
 @pytest.mark.usefixtures("installs")
 def test_unattended_auto_target_refuses_two_empty_disks(installers):
-    disks = [empty_disk(DIST / "vm-installers" / f"two-{n}.qcow2", "5G") for n in (1, 2)]
-    machine = direct_boot("refuse-two", installers["pxe"], installers["iso"], disks,
-                          "clusteros.install=auto clusteros.target=auto")
+    """The ISO as a CD under UEFI (its default menu entry: unattended, target auto), two empty disks."""
+    machine = Machine("refuse-two", DIST / "vm-installers" / "refuse-two")
+    machine.directory.mkdir(parents=True, exist_ok=True)
+    disks = [empty_disk(machine.directory / f"disk{n}.qcow2", "5G") for n in (1, 2)]
+    argv = qemu_base(machine, disks[0], "uefi") + [
+        "-drive", f"file={disks[1]},if=none,id=second,format=qcow2", "-device", "virtio-blk-pci,drive=second",
+        "-drive", f"file={installers['iso']},if=none,id=cd,media=cdrom,readonly=on", "-device", "ide-cd,drive=cd,bootindex=1",
+        "-no-reboot", "-net", "none"]
+    machine.launch(argv)
     try:
         text = wait_for(machine, "nothing more was written")
         assert "more than one empty disk ( vda vdb )" in text
