@@ -5,13 +5,20 @@ SHA-256 matches the one given; until then it is <...>.part, which a later run
 resumes with an HTTP Range request. A mismatch deletes the partial file and
 names the URL and both hashes. An air-gapped user points at a local file (a
 path or file:// URL) and gets the same check.
+
+Where no hash is pinned, the publisher's checksum file (`<sha256>  <name>`
+lines, as K3s releases carry) decides: the file is cached under its URL as
+url-<key>-<name>, with the hash it was checked against beside it in .sha256, so
+a later cache hit is checked again without the network.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -38,9 +45,14 @@ class ChecksumMismatch(DownloadError):
     pass
 
 
-def cache_path(url: str, sha256: str) -> Path:
-    name = Path(unquote(urlparse(url).path)).name or "download"
-    return paths.cache_dir() / "downloads" / f"{sha256}-{name}"
+def cache_path(url: str, sha256: str | None) -> Path:
+    """Where `url` is cached: under its pinned hash, or under the URL itself when the hash is published."""
+    key = sha256.lower() if sha256 else "url-" + hashlib.sha256(url.encode()).hexdigest()[:16]
+    return paths.cache_dir() / "downloads" / f"{key}-{file_name(url)}"
+
+
+def file_name(url: str) -> str:
+    return Path(unquote(urlparse(url).path)).name or "download"
 
 
 def sha256_of(path: Path) -> str:
@@ -51,33 +63,69 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(source: str, sha256: str, *, retries: int = RETRIES, backoff: float = BACKOFF,
-          timeout: float = TIMEOUT, label: str = "download") -> Path:
-    """Return the cached, verified file for `source` (http(s) URL, file:// URL or path)."""
-    sha256 = sha256.lower()
+def fetch(source: str, sha256: str | None = None, *, checksums: str | None = None, retries: int = RETRIES,
+          backoff: float = BACKOFF, timeout: float = TIMEOUT, label: str = "download") -> Path:
+    """Return the cached, verified file for `source` (http(s) URL, file:// URL or path).
+
+    It is checked against `sha256`, or, when that is None, against what the
+    checksum file at `checksums` lists for the file's name.
+    """
+    if (sha256 is None) == (checksums is None):
+        raise ValueError("fetch needs exactly one of sha256 and checksums")
     target = cache_path(source, sha256)
+    recorded = target.with_name(target.name + ".sha256")
     if target.exists():
-        if sha256_of(target) == sha256:
+        expected = sha256.lower() if sha256 else (recorded.read_text().strip() if recorded.exists() else None)
+        if expected is not None and sha256_of(target) == expected:
             return target
         target.unlink()   # a cache entry that no longer matches is not trusted
+    if sha256 is None:
+        sha256 = published_sha256(checksums, file_name(source), retries=retries, backoff=backoff,
+                                  timeout=timeout, label=label)
+        _say(label, f"{checksums} lists sha256 {sha256}")
+    sha256 = sha256.lower()
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
-    scheme = urlparse(source).scheme
-    if scheme in ("http", "https"):
-        _download(source, partial, retries=retries, backoff=backoff, timeout=timeout, label=label)
-    else:
-        local = Path(unquote(urlparse(source).path) if scheme == "file" else source).expanduser()
-        if not local.is_file():
-            raise DownloadError(f"{label}: {local} does not exist")
-        shutil.copyfile(local, partial)
+    _get(source, partial, retries=retries, backoff=backoff, timeout=timeout, label=label)
     actual = sha256_of(partial)
     if actual != sha256:
         partial.unlink()
         raise ChecksumMismatch(f"{label}: {source} does not match its checksum\n"
-                               f"  expected sha256: {sha256}\n  actual sha256:   {actual}\n"
+                               f"  expected sha256: {sha256}" + (f" (from {checksums})" if checksums else "") +
+                               f"\n  actual sha256:   {actual}\n"
                                "  nothing was kept; check the URL and the sha256 in cluster.yaml")
+    if checksums:
+        recorded.write_text(sha256 + "\n")
     os.replace(partial, target)
     return target
+
+
+def published_sha256(checksums: str, name: str, **options) -> str:
+    """The sha256 that the checksum file at `checksums` lists for `name`."""
+    label = options.get("label", "download")
+    with tempfile.TemporaryDirectory(prefix="clusteros-sums-") as work:
+        sums = Path(work) / "sums"
+        _get(checksums, sums, **options)
+        text = sums.read_text(errors="replace")
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[1].lstrip("*") == name and re.fullmatch(r"[0-9a-fA-F]{64}", fields[0]):
+            return fields[0].lower()
+    raise DownloadError(f"{label}: {checksums} lists no sha256 for {name!r}; "
+                        "check the version, or pin the file's sha256 in cluster.yaml")
+
+
+def _get(source: str, partial: Path, *, retries: int = RETRIES, backoff: float = BACKOFF,
+         timeout: float = TIMEOUT, label: str = "download") -> None:
+    """Bring `source` to `partial`: over HTTP(S), resuming what is there, or copied from a local file."""
+    scheme = urlparse(source).scheme
+    if scheme in ("http", "https"):
+        _download(source, partial, retries=retries, backoff=backoff, timeout=timeout, label=label)
+        return
+    local = Path(unquote(urlparse(source).path) if scheme == "file" else source).expanduser()
+    if not local.is_file():
+        raise DownloadError(f"{label}: {local} does not exist")
+    shutil.copyfile(local, partial)
 
 
 def _download(url: str, partial: Path, *, retries: int, backoff: float, timeout: float, label: str) -> None:

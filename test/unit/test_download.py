@@ -26,6 +26,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.send_error(404)
         if self.path.startswith("/flaky") and count <= 2:
             return self.send_error(500)
+        if self.path.endswith("/sha256sum-amd64.txt"):
+            # As a K3s release lists them; /wrongsums/ lists a hash that does not match.
+            listed = "f" * 64 if self.path.startswith("/wrongsums") else SHA
+            body = f"{'0' * 64}  k3s-airgap-images-amd64.tar\n{listed}  k3s\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            return self.wfile.write(body)
         start = 0
         if self.headers.get("Range"):
             start = int(self.headers["Range"].split("=")[1].rstrip("-"))
@@ -125,3 +133,30 @@ def test_a_corrupted_cache_entry_is_fetched_again(server, tmp_path):
     path.write_bytes(b"bit rot")
     assert download.fetch(f"{server}/good/k3s", SHA, backoff=0).read_bytes() == DATA
     assert Handler.hits["/good/k3s"] == 2
+
+
+def test_an_unpinned_file_is_checked_against_the_published_checksums(server, tmp_path, capsys):
+    url = f"{server}/release/v1.31.4%2Bk3s1/k3s"
+    sums = f"{server}/release/v1.31.4%2Bk3s1/sha256sum-amd64.txt"
+    path = download.fetch(url, checksums=sums, backoff=0)
+    assert path.read_bytes() == DATA and path == download.cache_path(url, None)
+    assert f"lists sha256 {SHA}" in capsys.readouterr().err
+    # A cache hit is checked against the hash recorded at download time, with no request at all.
+    assert download.fetch(url, checksums=sums) == path
+    assert Handler.hits[sums.removeprefix(server)] == 1 and Handler.hits[url.removeprefix(server)] == 1
+    path.write_bytes(b"bit rot")
+    assert download.fetch(url, checksums=sums, backoff=0).read_bytes() == DATA
+
+
+def test_a_file_that_does_not_match_its_published_checksum_is_refused(server, tmp_path):
+    sums = f"{server}/wrongsums/sha256sum-amd64.txt"
+    with pytest.raises(download.ChecksumMismatch) as err:
+        download.fetch(f"{server}/good/k3s", checksums=sums, backoff=0)
+    assert "f" * 64 in str(err.value) and SHA in str(err.value) and sums in str(err.value)
+    assert cached_files(tmp_path) == []
+
+
+def test_a_checksum_file_that_does_not_list_the_file_is_an_error(server, tmp_path):
+    with pytest.raises(download.DownloadError, match="lists no sha256 for 'k3s-arm64'"):
+        download.fetch(f"{server}/good/k3s-arm64", checksums=f"{server}/r/sha256sum-amd64.txt", backoff=0)
+    assert "/good/k3s-arm64" not in Handler.hits, "nothing is downloaded before its hash is known"
