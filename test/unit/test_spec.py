@@ -122,3 +122,21 @@ def test_spec_reference_is_generated_from_the_schema():
     from clusteros import docs
     committed = (ROOT / "docs" / "spec-reference.md").read_text()
     assert committed == docs.render(), "run: python -m clusteros.docs > docs/spec-reference.md"
+
+
+def test_k3s_defaults_to_the_pinned_release_checked_by_its_published_sums(tmp_path):
+    from clusteros import k3s
+    binary = k3s.binary(load("cluster: {name: c}\n", tmp_path))
+    release = "https://github.com/k3s-io/k3s/releases/download/v1.31.4%2Bk3s1"
+    assert binary == k3s.Binary(f"{release}/k3s", None, f"{release}/sha256sum-amd64.txt")
+
+
+def test_k3s_sources_a_spec_can_name(tmp_path):
+    from clusteros import k3s
+    sha = "a" * 64
+    pinned = load(f"cluster: {{name: c}}\nservices: {{k3s: {{version: v1.30.8+k3s1, sha256: {sha}}}}}\n", tmp_path)
+    assert k3s.binary(pinned).sha256 == sha and "v1.30.8%2Bk3s1/k3s" in k3s.binary(pinned).url
+    (tmp_path / "k3s").write_bytes(b"binary")
+    local = load(f"cluster: {{name: c}}\nservices: {{k3s: {{file: ./k3s, sha256: {sha}}}}}\n", tmp_path)
+    assert k3s.binary(local) == k3s.Binary(str(tmp_path / "k3s"), sha, None)
+    assert k3s.binary(load("cluster: {name: c}\nservices: {k3s: {enabled: false}}\n", tmp_path)) is None
