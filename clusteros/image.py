@@ -83,6 +83,28 @@ def install_node_files(tree: Path, node_spec: dict, agent_pyz: Path, secret: Pat
     os.chmod(agent, 0o755)
 
 
+def add_clusteros_files(tree: Path, distro: str, node_spec: dict, agent_pyz: Path, secret: Path,
+                        k3s_binary: Path | None) -> None:
+    """What makes a Debian or Ubuntu system a ClusterOS node: the overlay, the node-agent, its spec, K3s."""
+    apply_overlay(tree, distro)
+    install_node_files(tree, node_spec, agent_pyz, secret)
+    if k3s_binary is not None:
+        install_k3s(tree, k3s_binary)
+
+
+def write_node_files_tar(out: Path, *, distro: str, node_spec: dict, agent_pyz: Path, secret: Path,
+                         k3s_binary: Path | None) -> None:
+    """The ClusterOS files alone, as a tar to unpack over an installed system (Packer's iso base)."""
+    with tempfile.TemporaryDirectory(prefix="node-files-", dir=out.parent) as work:
+        tree = Path(work)
+        add_clusteros_files(tree, distro, node_spec, agent_pyz, secret, k3s_binary)
+        with atomic_path(out) as tmp:
+            runner.run("image", ["tar", "--create", "--file", tmp, "--directory", tree, "--sort=name",
+                                 "--owner=0", "--group=0", "--numeric-owner", f"--mtime=@{source_epoch()}",
+                                 *sorted(os.listdir(tree))],   # not ".": its mode would land on /
+                       log=runner.log_path("image-node-files"))
+
+
 def set_locale_and_time(tree: Path, image: dict) -> None:
     localtime = tree / "etc" / "localtime"
     localtime.unlink(missing_ok=True)
@@ -217,10 +239,7 @@ def build_image(*, spec: dict, node_spec: dict, rootfs_tar: Path, agent_pyz: Pat
         runner.run("image", ["tar", "--extract", "--numeric-owner", "--xattrs", "--xattrs-include=*",
                              "--file", rootfs_tar, "--directory", tree], log=runner.log_path("image-unpack"))
         runner.say("image", "customizing: overlay, node-agent, spec, users, units")
-        apply_overlay(tree, image["distro"])
-        install_node_files(tree, node_spec, agent_pyz, secret)
-        if k3s_binary is not None:
-            install_k3s(tree, k3s_binary)
+        add_clusteros_files(tree, image["distro"], node_spec, agent_pyz, secret, k3s_binary)
         set_locale_and_time(tree, image)
         add_users(tree, image["users"], test_pubkey.read_text().strip())
         write_fstab(tree, ids)
@@ -254,5 +273,6 @@ def build_image(*, spec: dict, node_spec: dict, rootfs_tar: Path, agent_pyz: Pat
                 "outputs": {"qcow2": {"file": qcow2.name, "sha256": qcow2_sha, "bytes": qcow2_size},
                             "raw": {"file": qcow2.with_suffix(".raw").name, "sha256": raw_sha, "bytes": disk_bytes}},
                 "packages": packages,
+                "k3s": {"sha256": sha256_file(k3s_binary)} if k3s_binary is not None else None,
             })
     runner.say("image", f"done: {qcow2} ({qcow2_size / 2**20:.0f} MiB) in {time.monotonic() - started:.0f}s")

@@ -409,6 +409,9 @@ def semantic_problems(spec: dict, base_dir: Path) -> list[Problem]:
             "iso_url" in packer and "iso_sha256" in packer):
         problems.append(Problem("image.packer", "base: iso needs iso_url and iso_sha256",
                                 "or use base: native, which boots the native build and works offline"))
+    if spec["image"]["builder"] == "packer" and packer["base"] == "iso" and spec["image"]["distro"] != "ubuntu":
+        problems.append(Problem("image.packer.base", "iso is Ubuntu's live-server autoinstall",
+                                "set image.distro: ubuntu, or use base: native"))
 
     k3s = spec["services"]["k3s"]
     if "url" in k3s and "file" in k3s:

@@ -1,6 +1,6 @@
 """One module per stage; each binds the spec to plain functions in clusteros/."""
 
-from tasks.image import task_gz, task_image, task_image_base, task_k3s, task_raw
+from tasks.image import task_gz, task_image, task_image_base, task_k3s, task_packer_iso, task_raw
 from tasks.installers import task_iso, task_payload, task_pxe, task_usb
 from tasks.node import task_node
 from tasks.prereqs import task_prereqs

@@ -7,7 +7,7 @@ file system, the installer's own files or the spec's `installer` section change.
 
 from doit.tools import config_changed
 
-from clusteros import installer, paths, rootfs
+from clusteros import installer, packer, paths, rootfs
 from clusteros.spec import rootfs_view
 from tasks.context import dist, spec
 
@@ -30,6 +30,15 @@ def _file_deps(s: dict) -> list:
     return [*_inputs(s).values(), dist(".data.gz"), *sorted(installer.installer_files().iterdir()), INSTALLER_CODE]
 
 
+def _unsupported(name: str) -> dict:
+    """With Packer's iso base, Ubuntu's installer lays out the disk: the installers need ClusterOS's own."""
+    def refuse():
+        raise installer.InstallerError(
+            f"{name}: the installers write and check ClusterOS's own disk layout, and image.packer.base: iso "
+            "lets Ubuntu's installer lay out the disk; build with image.packer.base: native (or builder: native)")
+    return {"actions": [refuse], "uptodate": [False]}
+
+
 def _uptodate(s: dict) -> list:
     return [config_changed({"installer": s["installer"], "name": s["cluster"]["name"]})]
 
@@ -37,6 +46,8 @@ def _uptodate(s: dict) -> list:
 def task_iso():
     """Hybrid installer ISO dist/<name>-installer.iso (BIOS and UEFI, CD and USB)."""
     s = spec()
+    if packer.iso_base(s):
+        return _unsupported("iso")
     return {"actions": [(installer.build_iso, [], dict(spec=s, iso=dist("-installer.iso"), **_inputs(s)))],
             "file_dep": _file_deps(s), "targets": [dist("-installer.iso")], "uptodate": _uptodate(s),
             "clean": True}
@@ -51,6 +62,8 @@ def task_usb():
 def task_pxe():
     """PXE set dist/pxe/: kernel, initrd, image data, iPXE script, dnsmasq example."""
     s = spec()
+    if packer.iso_base(s):
+        return _unsupported("pxe")
     pxe_dir = paths.dist_dir() / "pxe"
     return {"actions": [(installer.build_pxe, [], dict(spec=s, pxe_dir=pxe_dir, **_inputs(s)))],
             "file_dep": _file_deps(s), "targets": [pxe_dir / "boot.ipxe", pxe_dir / "initrd.img"],

@@ -1,9 +1,33 @@
 #!/bin/sh
-# Provisioning for image.builder: packer. Packer boots the base image (the
-# native build) and runs this over SSH as root. Put site-specific steps in the
-# marked section; the rest leaves the disk ready to be copied to many nodes.
+# Provisioning for image.builder: packer. Packer boots the base and runs this
+# over SSH as root. Put site-specific steps in the marked section; the rest
+# leaves the disk ready to be copied to many nodes.
+#
+# CLUSTEROS_BASE=native: the base is the native build, already a ClusterOS node.
+# CLUSTEROS_BASE=iso: a fresh Ubuntu install (its packages came with autoinstall);
+#   Packer uploaded the ClusterOS files to /tmp/clusteros-node-files.tar, and the
+#   CLUSTEROS_UNITS_* lists say which units to enable, disable and mask.
 set -eu
-echo "provision: $(. /etc/os-release; echo "$PRETTY_NAME") for cluster ${CLUSTEROS_CLUSTER:-?}"
+echo "provision: $(. /etc/os-release; echo "$PRETTY_NAME") for cluster ${CLUSTEROS_CLUSTER:-?}," \
+     "base ${CLUSTEROS_BASE:-native}"
+
+if [ "${CLUSTEROS_BASE:-native}" = iso ]; then
+    # --no-overwrite-dir: /etc, /usr keep their own owners and modes.
+    tar --extract --no-overwrite-dir --preserve-permissions --file /tmp/clusteros-node-files.tar --directory /
+    rm -f /tmp/clusteros-node-files.tar
+    # Booted (Packer's VM): systemd must see the new units. In a chroot there is no manager to tell.
+    if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+    for unit in $CLUSTEROS_UNITS_ENABLE; do
+        for dir in /etc/systemd/system /lib/systemd/system /usr/lib/systemd/system; do
+            if [ -e "$dir/$unit" ]; then systemctl enable "$unit"; break; fi
+        done
+    done
+    for unit in $CLUSTEROS_UNITS_DISABLE; do systemctl disable "$unit" 2>/dev/null || true; done
+    systemctl mask $CLUSTEROS_UNITS_MASK
+    # cloud-init set the installer's network and hostname; the node's come from the spec now.
+    mkdir -p /etc/cloud && touch /etc/cloud/cloud-init.disabled
+    rm -f /etc/netplan/*.yaml
+fi
 
 # The agent must not form a one-node cluster, or write keys, while we work.
 systemctl stop node-agent.service slurmd.service slurmctld.service 2>/dev/null || true

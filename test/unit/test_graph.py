@@ -79,6 +79,7 @@ def project(tmp_path, monkeypatch):
 
     class Project:
         root = tmp_path
+        ran = calls   # the stages that ran, in order (the fakes above append to it)
 
         def doit(self, *args: str) -> list[str]:
             calls.clear()
@@ -203,10 +204,112 @@ def test_k3s_binary_from_a_local_file_is_checked_and_baked_in(project, monkeypat
         seen["k3s_binary"] = kwargs.get("k3s_binary")
         return original(**kwargs)
     monkeypatch.setattr(image, "build_image", recording_image)
-    project.edit_spec("    enabled: true            # no binary", f"    file: {binary}\n    sha256: {sha}\n    enabled: true  #")
+    project.edit_spec("    enabled: false", f"    file: {binary}\n    sha256: {sha}\n    enabled: true")
     assert project.doit() == ["rootfs", "image", "raw", "gz"]
     assert seen["k3s_binary"].read_bytes() == binary.read_bytes()
     assert project.doit() == []
+
+
+def test_k3s_release_is_fetched_once_checked_against_its_published_sums(project, monkeypatch):
+    """The default K3s source: <release_url>/<version>/k3s, verified by the release's sha256sum file."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+    requests_seen = []
+
+    class Release(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            requests_seen.append(self.path)
+
+    for version, body in (("v1.31.4+k3s1", b"k3s one"), ("v1.30.8+k3s1", b"k3s two")):
+        folder = project.root / "mirror" / version
+        folder.mkdir(parents=True)
+        (folder / "k3s").write_bytes(body)
+        (folder / "sha256sum-amd64.txt").write_text(f"{hashlib.sha256(body).hexdigest()}  k3s\n")
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Release, directory=str(project.root / "mirror")))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    seen = {}
+    original = image.build_image
+
+    def recording_image(**kwargs):
+        seen["k3s"] = kwargs["k3s_binary"]
+        return original(**kwargs)
+    monkeypatch.setattr(image, "build_image", recording_image)
+    try:
+        project.edit_spec("    enabled: false",
+                          f"    enabled: true\n    release_url: http://127.0.0.1:{httpd.server_address[1]}")
+        assert project.doit() == ["rootfs", "image", "raw", "gz"]
+        assert seen["k3s"].read_bytes() == b"k3s one"
+        assert sorted(requests_seen) == ["/v1.31.4%2Bk3s1/k3s", "/v1.31.4%2Bk3s1/sha256sum-amd64.txt"]
+        assert project.doit() == [] and len(requests_seen) == 2, "a cached release is not fetched again"
+        project.edit_spec("    release_url:", "    version: v1.30.8+k3s1\n    release_url:")
+        assert project.doit() == ["image", "raw", "gz"]
+        assert seen["k3s"].read_bytes() == b"k3s two"
+    finally:
+        httpd.shutdown()
+
+
+@pytest.fixture
+def iso_server(project):
+    """An installer ISO on 127.0.0.1 (Ubuntu's cannot be reached from here); /missing.iso answers 404."""
+    import functools
+    import http.server
+    import threading
+    (project.root / "www").mkdir()
+    (project.root / "www" / "noble.iso").write_bytes(b"an installer ISO")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(project.root / "www")))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def use_iso_base(project, url: str, sha: str) -> None:
+    project.edit_spec("  distro: debian ", "  distro: ubuntu ")
+    project.edit_spec("  suite: bookworm\n", "")
+    project.edit_spec("  builder: native ", f"  packer: {{base: iso, iso_url: '{url}', iso_sha256: {sha}}}\n  builder: packer ")
+
+
+def test_packer_iso_base_fetches_the_iso_once_and_needs_no_rootfs(project, iso_server, monkeypatch):
+    import hashlib
+    from clusteros import packer
+    seen = {}
+
+    def fake_build_from_iso(*, iso, qcow2, manifest, **kwargs):
+        seen["iso"] = iso.read_bytes()
+        project.ran.append("image")
+        qcow2.write_text(f"qcow2 {time.time_ns()}")
+        manifest.write_text("{}")
+    monkeypatch.setattr(packer, "build_from_iso", fake_build_from_iso)
+    use_iso_base(project, f"{iso_server}/noble.iso", hashlib.sha256(b"an installer ISO").hexdigest())
+    assert project.doit() == ["image", "raw", "gz"]
+    assert seen["iso"] == b"an installer ISO"
+    assert project.doit() == []
+    script = project.root / "images/common/provision.sh"
+    script.write_text(script.read_text() + "# changed\n")
+    assert project.doit() == ["image", "raw", "gz"]
+
+
+def test_packer_iso_base_with_a_wrong_url_stops_before_packer_and_writes_nothing(project, iso_server):
+    use_iso_base(project, f"{iso_server}/missing.iso", "a" * 64)   # a 404: the message is test_download's
+    with pytest.raises(AssertionError):
+        project.doit()
+    assert project.ran == [], "nothing after the download ran"
+    assert not list((project.root / "dist").glob("*.qcow2"))
+    assert not list((project.root / "cache" / "downloads").glob("*"))
+
+
+def test_installers_refuse_the_packer_iso_base_with_the_fix(project, iso_server):
+    from tasks.installers import task_iso, task_pxe
+    use_iso_base(project, f"{iso_server}/noble.iso", "a" * 64)
+    for task in (task_iso(), task_pxe()):
+        with pytest.raises(installer.InstallerError, match="build with image.packer.base: native"):
+            task["actions"][0]()
 
 
 def test_a_fresh_checkout_reuses_the_shared_rootfs_cache(project):

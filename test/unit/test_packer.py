@@ -39,20 +39,44 @@ def test_packer_1_6_gets_no_required_plugins_and_1_7_does(spec, tmp_path):
     assert "required_plugins" in newer and 'source  = "github.com/hashicorp/qemu"' in newer
 
 
-def test_iso_base_serves_autoinstall_and_types_the_boot_command(spec, tmp_path):
-    hcl = packer.render(spec=spec, base={"kind": "iso", "url": "https://releases.example/noble.iso", "sha256": "cd" * 32},
-                        output_dir=tmp_path / "out", ssh_key=tmp_path / "k", accel="kvm", version=(1, 11, 0),
-                        provision_script=ROOT / "images/common/provision.sh", serial_log=tmp_path / "s",
-                        http_dir=tmp_path / "http")
+def iso(spec, version, tmp_path, url="https://releases.example/noble.iso"):
+    return packer.render(spec=spec, base={"kind": "iso", "url": url, "sha256": "cd" * 32},
+                         output_dir=tmp_path / "out", ssh_key=tmp_path / "k", accel="kvm", version=version,
+                         provision_script=ROOT / "images/common/provision.sh", serial_log=tmp_path / "s",
+                         http_dir=tmp_path / "http", node_files=tmp_path / "node-files.tar")
+
+
+def test_iso_base_serves_autoinstall_types_the_boot_command_and_uploads_the_node_files(spec, tmp_path):
+    hcl = iso(spec, (1, 11, 0), tmp_path)
     assert "disk_image" not in hcl
     assert f'http_directory = "{tmp_path / "http"}"' in hcl
     assert "autoinstall ds=nocloud-net" in hcl and "{{ .HTTPIP }}" in hcl
+    assert f'source      = "{tmp_path / "node-files.tar"}"' in hcl
+    assert '"CLUSTEROS_BASE=iso"' in hcl and "clusteros-identity.service" in hcl and "apt-daily.timer" in hcl
+    assert hcl.index('provisioner "file"') < hcl.index('provisioner "shell"'), "files first, then provision.sh"
 
 
-def test_autoinstall_user_data_has_the_user_and_keys_and_no_password(spec):
-    data = packer.autoinstall_user_data(spec, "ssh-ed25519 AAAATEST test")
+def test_native_base_uploads_nothing(spec, tmp_path):
+    hcl = native(spec, (1, 6, 6), tmp_path)
+    assert 'provisioner "file"' not in hcl and '"CLUSTEROS_BASE=native"' in hcl
+
+
+def test_autoinstall_user_data_has_the_user_keys_packages_and_no_password(spec):
+    data = packer.autoinstall_user_data(spec, "ssh-ed25519 AAAATEST test", ["slurmd", "wireguard-tools"])
     assert "username: admin" in data and '"ssh-ed25519 AAAATEST test"' in data
     assert "allow-pw: false" in data and "NOPASSWD" in data
+    assert '  packages:\n    - "slurmd"\n    - "wireguard-tools"\n' in data
+    import yaml
+    assert yaml.safe_load(data)["autoinstall"]["packages"] == ["slurmd", "wireguard-tools"]
+
+
+def test_iso_base_is_for_ubuntu():
+    from clusteros.spec import SpecError
+    text = (b"cluster: {name: a}\nimage: {builder: packer, packer: {base: iso, iso_url: 'https://x/a.iso', "
+            b"iso_sha256: " + b"a" * 64 + b"}}\n")
+    with pytest.raises(SpecError, match="image.packer.base.*iso is Ubuntu's live-server autoinstall"):
+        check_spec_data(text, "t", ROOT)
+    check_spec_data(text.replace(b"image: {", b"image: {distro: ubuntu, "), "t", ROOT)
 
 
 def test_version_parsing():
@@ -79,4 +103,19 @@ def test_installed_packer_accepts_the_template(spec, tmp_path):
     (tmp_path / "node.pkr.hcl").write_text(hcl)
     out = subprocess.run(["packer", "validate", "-syntax-only", "node.pkr.hcl"], cwd=tmp_path, capture_output=True,
                          text=True, env={"PATH": "/usr/bin:/bin", "CHECKPOINT_DISABLE": "1", "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.skipif(not shutil.which("packer"), reason="packer is installed by scripts/install-prereqs.sh")
+def test_installed_packer_fully_validates_the_iso_template(spec, tmp_path):
+    """Not syntax only: Packer checks the QEMU builder's settings, the http directory and the upload's source."""
+    (tmp_path / "http").mkdir()
+    (tmp_path / "node-files.tar").write_bytes(b"")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "k"], check=True)
+    local_iso = tmp_path / "noble.iso"
+    local_iso.write_bytes(b"")
+    hcl = iso(spec, packer.installed_version(), tmp_path, url=str(local_iso))
+    (tmp_path / "node.pkr.hcl").write_text(hcl)
+    out = subprocess.run(["packer", "validate", "node.pkr.hcl"], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "CHECKPOINT_DISABLE": "1", "HOME": str(tmp_path)})
     assert out.returncode == 0, out.stdout + out.stderr
