@@ -4,10 +4,21 @@ These tests build what a user builds (`doit image raw gz` on the shipped
 cluster.yaml), in dist/e2e/ rather than the user's dist/, so that they never
 touch a cluster the user is running (a taken port is a clear error instead).
 They share the user's rootfs cache: a warm cache makes them fast.
+
+One change to the shipped spec: K3s is enabled, from a release mirror on
+127.0.0.1 that stands in for GitHub (unreachable here) and publishes
+test/e2e/k3s_standin.py as the release's k3s binary, with its sha256sum file.
+So the default K3s path runs for real: the release is fetched and checked, the
+image carries it, and the node-agent starts it in each node's role.
 """
 
+import functools
+import hashlib
+import http.server
 import os
+import re
 import subprocess
+import threading
 import sys
 from pathlib import Path
 
@@ -17,22 +28,58 @@ ROOT = Path(__file__).resolve().parents[2]
 DIST = ROOT / "dist" / "e2e"
 
 
+K3S_VERSION = "v1.31.4+k3s1"
+MIRROR_PORT = 47180   # fixed, so that the spec (and so the image) is the same from one run to the next
+
+
+@pytest.fixture(scope="session")
+def k3s_mirror():
+    """A K3s release page on 127.0.0.1 whose k3s binary is the stand-in."""
+    release = DIST / "k3s-release" / K3S_VERSION
+    release.mkdir(parents=True, exist_ok=True)
+    binary = (ROOT / "test" / "e2e" / "k3s_standin.py").read_bytes()
+    (release / "k3s").write_bytes(binary)
+    (release / "sha256sum-amd64.txt").write_text(f"{hashlib.sha256(binary).hexdigest()}  k3s\n")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+    handler = functools.partial(Quiet, directory=str(release.parent))
+    try:
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", MIRROR_PORT), handler)
+    except OSError:
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def e2e_spec_text(mirror: str) -> str:
+    """The shipped cluster.yaml with K3s enabled from `mirror`."""
+    text = (ROOT / "cluster.yaml").read_text()
+    enabled, count = re.subn(r"(\n  k3s:\n(?:    #.*\n)*)    enabled: false\n",
+                             rf"\1    enabled: true\n    release_url: {mirror}\n", text)
+    assert count == 1, "cluster.yaml's services.k3s block changed: update e2e_spec_text"
+    return enabled
+
+
 @pytest.fixture(scope="session", autouse=True)
-def e2e_dist():
-    """Every e2e test, and every doit it starts, works in dist/e2e/."""
+def e2e_dist(k3s_mirror):
+    """Every e2e test, and every doit it starts, works in dist/e2e/ on the e2e spec."""
+    DIST.mkdir(parents=True, exist_ok=True)
+    spec_file = DIST / "cluster.yaml"
+    spec_file.write_text(e2e_spec_text(k3s_mirror))
     patch = pytest.MonkeyPatch()
     patch.setenv("CLUSTEROS_DIST", str(DIST))
+    patch.setenv("CLUSTEROS_SPEC", str(spec_file))
     patch.delenv("CLUSTEROS_DOIT_DB", raising=False)
     yield DIST
     patch.undo()
 
 
 def doit(*args: str, timeout: float = 1800, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """doit as a user runs it, on the shipped cluster.yaml unless `env` names another spec."""
-    extra = env or {}
-    env = dict(os.environ)
-    env.pop("CLUSTEROS_SPEC", None)
-    env.update(extra)
+    """doit as a user runs it, on the e2e spec unless `env` names another."""
+    env = dict(os.environ) | (env or {})
     out = subprocess.run([sys.executable, "-m", "doit", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=timeout)
     # Shown by pytest on failure: the whole story of the run.
@@ -49,6 +96,6 @@ def image(e2e_dist) -> Path:
 
 
 @pytest.fixture(scope="session")
-def spec():
+def spec(e2e_dist):
     from clusteros.spec import load_spec
-    return load_spec(ROOT / "cluster.yaml")
+    return load_spec(os.environ["CLUSTEROS_SPEC"])

@@ -93,6 +93,36 @@ def test_sinfo_shows_three_idle_nodes_and_srun_spans_them(running):
     assert sorted(names) == ["node1", "node2", "node3"]
 
 
+def standin_record(spec, number: int) -> dict:
+    """What the K3s stand-in (test/e2e/k3s_standin.py) on that node was started with, and saw."""
+    import json
+    return json.loads(node_sh(spec, number, "cat /run/k3s-standin.json"))
+
+
+def test_k3s_runs_in_each_role_and_the_agents_join_the_server_over_wg0(running):
+    statuses = {number: agent_status(running, number) for number in (1, 2, 3)}
+    controller = next(n for n, s in statuses.items() if s["role"] == "controller")
+    server_ip = statuses[controller]["wg_address"]
+    workers = {n: s["wg_address"] for n, s in statuses.items() if n != controller}
+
+    def check():
+        for number in (1, 2, 3):
+            assert agent_status(running, number)["k3s"] == "active", number
+        server = standin_record(running, controller)
+        assert server["mode"] == "server" and server["argv"][server["argv"].index("--node-ip") + 1] == server_ip
+        # Each agent came in from its own wg0 address, with the token the server derived on its own.
+        assert sorted(server["agents"]) == sorted(workers.values()), server
+        for number, wg_ip in workers.items():
+            agent = standin_record(running, number)
+            assert agent["mode"] == "agent" and agent["answer"] == "welcome", (number, agent)
+            argv = agent["argv"]
+            assert argv[argv.index("--server") + 1] == f"https://{server_ip}:6443"
+            assert argv[argv.index("--node-ip") + 1] == wg_ip and argv[argv.index("--flannel-iface") + 1] == "wg0"
+    eventually(check, 180)
+    out = node_sh(running, controller, "clusteros-node status")
+    assert "k3s: active" in out
+
+
 def test_a_forged_announcement_is_not_a_member(running):
     forge = ("import json,socket,time,hmac,hashlib;"
              "p=json.dumps({'cluster':'democluster','name':'intruder','index':9,'lan_ip':'10.42.0.99',"

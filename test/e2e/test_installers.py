@@ -18,6 +18,7 @@ import functools
 import gzip
 import http.server
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -50,8 +51,8 @@ class Install:
 
 @pytest.fixture(scope="module")
 def unattended_spec(tmp_path_factory) -> Path:
-    """cluster.yaml as shipped, but unattended: what a fleet operator sets."""
-    text = (ROOT / "cluster.yaml").read_text()
+    """The e2e spec, but unattended: what a fleet operator sets."""
+    text = Path(os.environ["CLUSTEROS_SPEC"]).read_text()
     assert "  unattended: false\n" in text
     path = tmp_path_factory.mktemp("spec") / "cluster.yaml"
     path.write_text(text.replace("  unattended: false\n", "  unattended: true\n"))

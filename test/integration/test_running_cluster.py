@@ -3,6 +3,9 @@
 Needs `doit test_vm` first: with no cluster up, every test fails saying so.
 """
 
+import json
+import time
+
 import pytest
 
 from clusteros.spec import load_spec
@@ -47,11 +50,20 @@ def test_wireguard_and_slurm_are_installed(spec, nodes):
         run(spec, node, "command -v wg && test -x /usr/sbin/slurmd && test -x /usr/sbin/slurmctld && command -v sinfo")
 
 
-def test_k3s_is_installed_or_reported_as_not_provided(spec, nodes):
+def k3s_state(spec, node) -> str:
+    return json.loads(run(spec, node, "/usr/local/bin/clusteros-node status --json"))["k3s"]
+
+
+def test_k3s_runs_where_the_image_carries_it(spec, nodes):
     for node in nodes:
-        state = run(spec, node, "test -x /usr/local/bin/k3s && echo installed || "
-                                "/usr/local/bin/clusteros-node status --json")
-        assert state == "installed" or '"not provided"' in state
+        if not spec["services"]["k3s"]["enabled"]:
+            assert k3s_state(spec, node) == "disabled"
+            continue
+        assert run(spec, node, "test -x /usr/local/bin/k3s && echo installed") == "installed"
+        deadline = time.monotonic() + 90   # the agent starts it once the node knows its role
+        while (state := k3s_state(spec, node)) != "active" and time.monotonic() < deadline:
+            time.sleep(5)
+        assert state == "active", f"{node.name}: k3s is {state}"
 
 
 def test_kernel_log_is_readable(spec, nodes):

@@ -1,0 +1,71 @@
+#!/usr/bin/python3
+"""A stand-in for the k3s binary in the e2e cluster: the real one cannot be downloaded here.
+
+It takes k3s's own command line, as the node-agent gives it, and does the part
+of k3s's job that proves the agent wired it up right:
+- `k3s server ... --node-ip IP` listens on IP:6443 and welcomes every agent that
+  presents the same token, recording the address each one came from;
+- `k3s agent --server https://HOST:6443 ...` keeps joining that server with its
+  token, recording the answer.
+What it saw goes to /run/k3s-standin.json for the test to read.
+"""
+
+import json
+import os
+import socket
+import sys
+import time
+from urllib.parse import urlparse
+
+RECORD = "/run/k3s-standin.json"
+
+
+def option(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def record(state: dict) -> None:
+    with open(RECORD + ".tmp", "w") as f:
+        json.dump(state, f)
+    os.replace(RECORD + ".tmp", RECORD)
+
+
+def server(args: list[str], state: dict) -> None:
+    token = option(args, "--token")
+    listener = socket.create_server((option(args, "--node-ip"), 6443), reuse_port=True)
+    state["agents"] = {}
+    record(state)
+    while True:
+        conn, (peer, _) = listener.accept()
+        with conn:
+            conn.settimeout(5)
+            offered = conn.makefile().readline().strip()
+            welcome = offered == token
+            conn.sendall(b"welcome\n" if welcome else b"bad token\n")
+        if welcome:
+            state["agents"][peer] = time.time()
+            record(state)
+
+
+def agent(args: list[str], state: dict) -> None:
+    url = urlparse(option(args, "--server"))
+    while True:
+        try:
+            with socket.create_connection((url.hostname, url.port), timeout=5) as conn:
+                conn.sendall(option(args, "--token").encode() + b"\n")
+                state["answer"] = conn.makefile().readline().strip()
+        except OSError as exc:
+            state["answer"] = f"cannot connect: {exc}"
+        state["at"] = time.time()
+        record(state)
+        time.sleep(3)
+
+
+def main() -> None:
+    mode, args = sys.argv[1], sys.argv[2:]
+    state = {"mode": mode, "argv": sys.argv[1:], "pid": os.getpid()}
+    {"server": server, "agent": agent}[mode](args, state)
+
+
+if __name__ == "__main__":
+    main()
