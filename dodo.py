@@ -2,6 +2,7 @@
 
 from clusteros import paths
 from tasks import *  # noqa: F401,F403  (doit collects the task_* functions)
+from tasks.reporter import Reporter
 
 # doit opens its state database before any task runs: its folder must exist.
 paths.doit_db().parent.mkdir(parents=True, exist_ok=True)
@@ -11,5 +12,6 @@ DOIT_CONFIG = {
     "dep_file": str(paths.doit_db()),
     "backend": "sqlite3",
     "verbosity": 2,
+    "reporter": Reporter,
     "action_string_formatting": "new",
 }

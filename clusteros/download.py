@@ -149,8 +149,8 @@ def _download(url: str, partial: Path, *, retries: int, backoff: float, timeout:
             except (requests.ConnectionError, requests.Timeout) as exc:
                 last_error = f"cannot reach {host}: {type(exc).__name__}"
     raise DownloadError(f"{label}: giving up on {url} after {retries + 1} attempts ({last_error}).\n"
-                        f"  Offline or air-gapped? Download it elsewhere, check its sha256, and point the spec "
-                        f"at the local file instead (e.g. services.k3s.file).")
+                        "  Offline or air-gapped? Download it elsewhere, check its sha256, and point the spec "
+                        "at the local copy instead (a path or a file:// URL).")
 
 
 def _stream(session: requests.Session, url: str, partial: Path, timeout: float, label: str) -> bool:

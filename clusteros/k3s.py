@@ -36,7 +36,9 @@ class Binary:
             return download.fetch(self.url, self.sha256, checksums=None if self.sha256 else self.checksums,
                                   label="k3s")
         except download.DownloadError as exc:
-            raise download.DownloadError(f"{exc}\n  Or build without K3s: services.k3s.enabled: false") from None
+            raise download.DownloadError(
+                f"{exc}\n  For K3s: services.k3s.file with its sha256, or services.k3s.release_url for a mirror; "
+                "or build without K3s: services.k3s.enabled: false") from None
 
 
 def binary(spec: dict) -> Binary | None:

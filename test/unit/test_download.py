@@ -115,7 +115,7 @@ def test_offline_gives_up_with_advice(tmp_path, monkeypatch):
     with pytest.raises(download.DownloadError) as err:
         download.fetch(f"http://127.0.0.1:{port}/k3s", SHA, retries=2, backoff=0, timeout=2)
     message = str(err.value)
-    assert "after 3 attempts" in message and "cannot reach" in message and "local file" in message
+    assert "after 3 attempts" in message and "cannot reach" in message and "local copy" in message
 
 
 def test_a_local_file_gets_the_same_check(tmp_path, monkeypatch):

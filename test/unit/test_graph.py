@@ -331,3 +331,29 @@ def test_installers_rebuild_for_their_own_files_and_settings_only(project):
     assert project.doit("iso", "usb", "pxe") == ["iso", "usb", "pxe"]
     project.edit_spec("timezone: UTC", "timezone: Europe/Berlin")
     assert project.doit("iso", "usb", "pxe") == ["image", "raw", "payload", "iso", "usb", "pxe"]
+
+
+def test_reporter_shows_clusteros_errors_without_a_traceback_and_bugs_with_one():
+    import io
+    from doit.exceptions import TaskError
+    from doit.task import Task
+
+    from clusteros.download import ChecksumMismatch
+    from tasks.reporter import Reporter
+
+    def failure(exc: Exception) -> TaskError:
+        try:
+            raise exc
+        except Exception as caught:
+            return TaskError("PythonAction Error", caught)
+
+    out = io.StringIO()
+    reporter = Reporter(out, {"failure_verbosity": 0})
+    task = Task("k3s", None, verbosity=0)
+    task.executed = True
+    reporter.add_failure(task, failure(ChecksumMismatch("k3s: http://x/k3s does not match its checksum\n  expected")))
+    reporter.add_failure(task, failure(KeyError("a bug")))
+    reporter.complete_run()
+    text = out.getvalue()
+    assert "k3s: http://x/k3s does not match its checksum\n  expected" in text
+    assert text.count("Traceback (most recent call last)") == 1 and "KeyError: 'a bug'" in text
