@@ -176,33 +176,41 @@ def build_from_iso(*, spec: dict, iso: Path, node_spec: dict, agent_pyz: Path, s
                    k3s_binary: Path | None, ssh_key: Path, accel: str, qcow2: Path, manifest: Path) -> None:
     """Packer on Ubuntu's installer ISO (already fetched and checked): autoinstall, then the ClusterOS files."""
     version = installed_version()
-    distro = spec["image"]["distro"]
-    packages = rootfs.packages(rootfs_view(spec))
     with _work_dir() as work:
-        http = work / "http"
-        http.mkdir()
-        pubkey = ssh_key.with_suffix(".pub").read_text().strip()
-        (http / "user-data").write_text(autoinstall_user_data(spec, pubkey, packages))
-        (http / "meta-data").write_text("")
-        node_files = work / "node-files.tar"
-        image.write_node_files_tar(node_files, distro=distro, node_spec=node_spec, agent_pyz=agent_pyz,
-                                   secret=secret, k3s_binary=k3s_binary)
-        hcl = render(spec=spec, base={"kind": "iso", "url": str(iso.resolve()), "sha256": image.sha256_file(iso)},
-                     output_dir=work / "output", ssh_key=ssh_key, accel=accel, version=version,
-                     provision_script=provision_script(distro), serial_log=_serial_log(), http_dir=http,
-                     node_files=node_files)
+        hcl = prepare_iso_build(work, spec=spec, iso=iso, node_spec=node_spec, agent_pyz=agent_pyz, secret=secret,
+                                k3s_binary=k3s_binary, ssh_key=ssh_key, accel=accel, version=version)
         _run(spec, work, hcl, version, accel, f"installing {iso.name} unattended")
         image_spec = spec["image"]
+        disk_bytes = disk.parse_size(image_spec["disk_size"])
         record = {
-            "name": spec["cluster"]["name"], "distro": distro, "suite": image_spec["suite"],
+            "name": spec["cluster"]["name"], "distro": image_spec["distro"], "suite": image_spec["suite"],
             "architecture": image_spec["architecture"], "source_date_epoch": image.source_epoch(),
             "builder": {"name": "packer", "version": _dotted(version), "base": iso.name},
             # Ubuntu's installer lays out the disk: no UUIDs of ours to record.
-            "disk": {"size": disk.parse_size(image_spec["disk_size"]), "root_fs_uuid": None, "disk_uuid": None},
-            "outputs": {"raw": {"bytes": disk.parse_size(image_spec["disk_size"])}},
+            "disk": {"size": disk_bytes, "root_fs_uuid": None, "disk_uuid": None},
+            "outputs": {"raw": {"bytes": disk_bytes}},
             "packages": {}, "k3s": {"sha256": image.sha256_file(k3s_binary)} if k3s_binary else None,
         }
         _publish(work / "output" / qcow2.name, qcow2, manifest, record)
+
+
+def prepare_iso_build(work: Path, *, spec: dict, iso: Path, node_spec: dict, agent_pyz: Path, secret: Path,
+                      k3s_binary: Path | None, ssh_key: Path, accel: str, version: tuple[int, int, int]) -> str:
+    """Everything Packer reads for the iso base, written into `work`: http/ (autoinstall) and the node
+    files; returns the template."""
+    distro = spec["image"]["distro"]
+    http = work / "http"
+    http.mkdir()
+    pubkey = ssh_key.with_suffix(".pub").read_text().strip()
+    (http / "user-data").write_text(autoinstall_user_data(spec, pubkey, rootfs.packages(rootfs_view(spec))))
+    (http / "meta-data").write_text("")
+    node_files = work / "node-files.tar"
+    image.write_node_files_tar(node_files, distro=distro, node_spec=node_spec, agent_pyz=agent_pyz,
+                               secret=secret, k3s_binary=k3s_binary)
+    return render(spec=spec, base={"kind": "iso", "url": str(iso.resolve()), "sha256": image.sha256_file(iso)},
+                  output_dir=work / "output", ssh_key=ssh_key, accel=accel, version=version,
+                  provision_script=provision_script(distro), serial_log=_serial_log(), http_dir=http,
+                  node_files=node_files)
 
 
 def _dotted(version: tuple[int, int, int]) -> str:

@@ -107,15 +107,36 @@ def test_installed_packer_accepts_the_template(spec, tmp_path):
 
 
 @pytest.mark.skipif(not shutil.which("packer"), reason="packer is installed by scripts/install-prereqs.sh")
-def test_installed_packer_fully_validates_the_iso_template(spec, tmp_path):
-    """Not syntax only: Packer checks the QEMU builder's settings, the http directory and the upload's source."""
-    (tmp_path / "http").mkdir()
-    (tmp_path / "node-files.tar").write_bytes(b"")
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "k"], check=True)
-    local_iso = tmp_path / "noble.iso"
-    local_iso.write_bytes(b"")
-    hcl = iso(spec, packer.installed_version(), tmp_path, url=str(local_iso))
-    (tmp_path / "node.pkr.hcl").write_text(hcl)
-    out = subprocess.run(["packer", "validate", "node.pkr.hcl"], cwd=tmp_path, capture_output=True, text=True,
+def test_iso_build_inputs_are_complete_and_the_installed_packer_fully_validates_them(tmp_path, monkeypatch):
+    """Everything build_from_iso hands Packer, made for real; Packer checks it all but the boot itself
+    (not syntax only: the QEMU builder's settings, the key, the http directory, the upload's source)."""
+    import tarfile
+    import yaml
+    monkeypatch.setenv("CLUSTEROS_DIST", str(tmp_path / "dist"))
+    sha = "a" * 64
+    spec_file = tmp_path / "cluster.yaml"
+    spec_file.write_text("cluster: {name: lab}\nimage: {distro: ubuntu, disk_size: 8G, packages: [htop], builder: packer,"
+                         f" packer: {{base: iso, iso_url: 'file:///isos/noble.iso', iso_sha256: {sha}}}}}\n")
+    spec = load_spec(spec_file)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "key"], check=True)
+    (tmp_path / "noble.iso").write_bytes(b"an installer ISO")
+    (tmp_path / "agent.pyz").write_bytes(b"agent")
+    (tmp_path / "secret").write_bytes(b"s" * 32)
+    work = tmp_path / "work"
+    work.mkdir()
+    hcl = packer.prepare_iso_build(work, spec=spec, iso=tmp_path / "noble.iso", node_spec={"cluster": {"name": "lab"}},
+                                   agent_pyz=tmp_path / "agent.pyz", secret=tmp_path / "secret", k3s_binary=None,
+                                   ssh_key=tmp_path / "key", accel="tcg", version=packer.installed_version())
+    autoinstall = yaml.safe_load((work / "http" / "user-data").read_text())["autoinstall"]
+    assert {"slurmd", "wireguard-tools", "linux-image-generic", "htop"} <= set(autoinstall["packages"])
+    assert autoinstall["ssh"]["authorized-keys"] == [(tmp_path / "key.pub").read_text().strip()]
+    with tarfile.open(work / "node-files.tar") as tar:
+        names = tar.getnames()
+        assert all(m.uid == 0 and m.gid == 0 for m in tar.getmembers())
+    assert "." not in names and "./" not in names, "the tar must not carry a mode for /"
+    assert {"etc/clusteros/spec.json", "etc/clusteros/cluster.secret", "usr/local/lib/clusteros/node-agent.pyz",
+            "etc/systemd/system/node-agent.service"} <= set(names)
+    (work / "node.pkr.hcl").write_text(hcl)
+    out = subprocess.run(["packer", "validate", "node.pkr.hcl"], cwd=work, capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin", "CHECKPOINT_DISABLE": "1", "HOME": str(tmp_path)})
     assert out.returncode == 0, out.stdout + out.stderr
