@@ -33,6 +33,7 @@ CHUNK = 1024 * 1024
 RETRIES = 4
 BACKOFF = 1.0
 TIMEOUT = 30.0
+BAR_WIDTH = 20
 # Errors a retry can fix; any other 4xx is final.
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
@@ -185,8 +186,11 @@ def _stream(session: requests.Session, url: str, partial: Path, timeout: float, 
 
 
 def _progress(label: str, got: int, total: int | None) -> None:
+    # One line a second, not a redrawn bar: it reads the same in a terminal, a CI log and a log file.
     if total:
-        _say(label, f"{got / 2**20:.1f}/{total / 2**20:.1f} MiB ({100 * got / total:.0f}%)")
+        done = min(BAR_WIDTH, BAR_WIDTH * got // total)
+        bar = "#" * done + "." * (BAR_WIDTH - done)
+        _say(label, f"[{bar}] {got / 2**20:.1f}/{total / 2**20:.1f} MiB ({100 * got / total:.0f}%)")
     else:
         _say(label, f"{got / 2**20:.1f} MiB")
 

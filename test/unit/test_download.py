@@ -66,9 +66,10 @@ def cached_files(tmp_path: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-def test_a_good_file_is_cached_under_its_hash(server, tmp_path):
+def test_a_good_file_is_cached_under_its_hash(server, tmp_path, capsys):
     path = download.fetch(f"{server}/good/k3s", SHA, backoff=0)
     assert path.read_bytes() == DATA
+    assert "[download] [####################] 3.0/3.0 MiB (100%)" in capsys.readouterr().err
     assert path.name == f"{SHA}-k3s"
     assert download.fetch(f"{server}/good/k3s", SHA) == path
     assert Handler.hits["/good/k3s"] == 1, "a verified cache hit downloads nothing"
