@@ -35,6 +35,8 @@ class Binary:
         try:
             return download.fetch(self.url, self.sha256, checksums=None if self.sha256 else self.checksums,
                                   label="k3s")
+        except download.ChecksumMismatch:
+            raise   # its own message says what to check; another source would not help
         except download.DownloadError as exc:
             raise download.DownloadError(
                 f"{exc}\n  For K3s: services.k3s.file with its sha256, or services.k3s.release_url for a mirror; "

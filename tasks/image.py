@@ -68,7 +68,12 @@ def task_packer_iso():
     url, sha = s["image"]["packer"]["iso_url"], s["image"]["packer"]["iso_sha256"]
     def fetch():
         download.fetch(url, sha, label="iso")
-    return {"actions": [fetch], "targets": [download.cache_path(url, sha)], "uptodate": [True]}
+    return {"actions": [fetch], "targets": [_installer_iso(s)], "uptodate": [True]}
+
+
+def _installer_iso(s: dict):
+    """Where task_packer_iso leaves the checked ISO."""
+    return download.cache_path(s["image"]["packer"]["iso_url"], s["image"]["packer"]["iso_sha256"])
 
 
 def task_image_base():
@@ -87,7 +92,7 @@ def task_image():
     script = packer.provision_script(s["image"]["distro"])
     code = [paths.PROJECT_ROOT / "clusteros" / f for f in ("packer.py", "image.py")]
     if packer.iso_base(s):
-        files = {"iso": download.cache_path(s["image"]["packer"]["iso_url"], s["image"]["packer"]["iso_sha256"]),
+        files = {"iso": _installer_iso(s),
                  "agent_pyz": node_pyz(), "secret": secrets.cluster_secret_path(s),
                  "k3s_binary": binary.cache_path if (binary := k3s.binary(s)) else None}
         action = (_packer_iso_build, [s], files)

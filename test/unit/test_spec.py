@@ -140,3 +140,15 @@ def test_k3s_sources_a_spec_can_name(tmp_path):
     local = load(f"cluster: {{name: c}}\nservices: {{k3s: {{file: ./k3s, sha256: {sha}}}}}\n", tmp_path)
     assert k3s.binary(local) == k3s.Binary(str(tmp_path / "k3s"), sha, None)
     assert k3s.binary(load("cluster: {name: c}\nservices: {k3s: {enabled: false}}\n", tmp_path)) is None
+
+
+def test_k3s_fetch_errors_say_what_to_do(tmp_path, monkeypatch):
+    import pytest
+    from clusteros import download, k3s
+    monkeypatch.setenv("CLUSTEROS_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "k3s").write_bytes(b"binary")
+    with pytest.raises(download.ChecksumMismatch) as mismatch:
+        k3s.Binary(str(tmp_path / "k3s"), "a" * 64, None).fetch()
+    assert "For K3s" not in str(mismatch.value), "a mismatch is not fixed by another source"
+    with pytest.raises(download.DownloadError, match="services.k3s.file with its sha256"):
+        k3s.Binary(str(tmp_path / "missing"), "a" * 64, None).fetch()
