@@ -82,7 +82,8 @@ def render(*, spec: dict, base: dict, output_dir: Path, ssh_key: Path, accel: st
         "net_device": "virtio-net",
         "accelerator": accel,
         "headless": True,
-        "memory": max(vm["memory"], 1024),
+        # Ubuntu's live installer runs from RAM and does not start in the 1 GiB a test node gets.
+        "memory": max(vm["memory"], 1024 if base["kind"] == "native" else 3072),
         "cpus": vm["cpus"],
         "vnc_bind_address": "127.0.0.1",
         "ssh_username": user,

@@ -48,7 +48,7 @@ def iso(spec, version, tmp_path, url="https://releases.example/noble.iso"):
 
 def test_iso_base_serves_autoinstall_types_the_boot_command_and_uploads_the_node_files(spec, tmp_path):
     hcl = iso(spec, (1, 11, 0), tmp_path)
-    assert "disk_image" not in hcl
+    assert "disk_image" not in hcl and "memory = 3072" in hcl
     assert f'http_directory = "{tmp_path / "http"}"' in hcl
     assert "autoinstall ds=nocloud-net" in hcl and "{{ .HTTPIP }}" in hcl
     assert f'source      = "{tmp_path / "node-files.tar"}"' in hcl
