@@ -12,17 +12,16 @@ So the default K3s path runs for real: the release is fetched and checked, the
 image carries it, and the node-agent starts it in each node's role.
 """
 
-import functools
 import hashlib
-import http.server
 import os
 import re
 import subprocess
-import threading
 import sys
 from pathlib import Path
 
 import pytest
+
+from ..local_http import serve_directory
 
 ROOT = Path(__file__).resolve().parents[2]
 DIST = ROOT / "dist" / "e2e"
@@ -41,17 +40,8 @@ def k3s_mirror():
     (release / "k3s").write_bytes(binary)
     (release / "sha256sum-amd64.txt").write_text(f"{hashlib.sha256(binary).hexdigest()}  k3s\n")
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-    handler = functools.partial(Quiet, directory=str(release.parent))
-    try:
-        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", MIRROR_PORT), handler)
-    except OSError:
-        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with serve_directory(release.parent, port=MIRROR_PORT) as url:
+        yield url
 
 
 def e2e_spec_text(mirror: str) -> str:

@@ -14,17 +14,15 @@ with two empty disks; so must a PXE node that runs the image from RAM.
 
 from __future__ import annotations
 
-import functools
 import gzip
-import http.server
 import json
 import os
 import shutil
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -33,6 +31,7 @@ from clusteros.spec import load_spec
 from clusteros.vm import cluster
 from clusteros.vm.machine import Machine
 
+from ..local_http import serve_directory
 from .conftest import DIST, ROOT, doit
 
 pytestmark = pytest.mark.e2e
@@ -238,12 +237,8 @@ def test_unattended_auto_target_refuses_two_empty_disks(installers):
 @pytest.fixture
 def http_server(installers):
     """dist/pxe over HTTP on a free local port; yields the port."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(installers["pxe"]))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
+    with serve_directory(installers["pxe"]) as url:
+        yield urlparse(url).port
 
 
 @pytest.mark.usefixtures("installs")

@@ -16,6 +16,8 @@ from doit.doit_cmd import DoitMain
 import tasks
 from clusteros import convert, image, installer, paths, rootfs
 
+from ..local_http import serve_directory
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -212,24 +214,13 @@ def test_k3s_binary_from_a_local_file_is_checked_and_baked_in(project, monkeypat
 
 def test_k3s_release_is_fetched_once_checked_against_its_published_sums(project, monkeypatch):
     """The default K3s source: <release_url>/<version>/k3s, verified by the release's sha256sum file."""
-    import functools
     import hashlib
-    import http.server
-    import threading
     requests_seen = []
-
-    class Release(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            requests_seen.append(self.path)
-
     for version, body in (("v1.31.4+k3s1", b"k3s one"), ("v1.30.8+k3s1", b"k3s two")):
         folder = project.root / "mirror" / version
         folder.mkdir(parents=True)
         (folder / "k3s").write_bytes(body)
         (folder / "sha256sum-amd64.txt").write_text(f"{hashlib.sha256(body).hexdigest()}  k3s\n")
-    httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Release, directory=str(project.root / "mirror")))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     seen = {}
     original = image.build_image
 
@@ -237,9 +228,8 @@ def test_k3s_release_is_fetched_once_checked_against_its_published_sums(project,
         seen["k3s"] = kwargs["k3s_binary"]
         return original(**kwargs)
     monkeypatch.setattr(image, "build_image", recording_image)
-    try:
-        project.edit_spec("    enabled: false",
-                          f"    enabled: true\n    release_url: http://127.0.0.1:{httpd.server_address[1]}")
+    with serve_directory(project.root / "mirror", requests=requests_seen) as mirror:
+        project.edit_spec("    enabled: false", f"    enabled: true\n    release_url: {mirror}")
         assert project.doit() == ["rootfs", "image", "raw", "gz"]
         assert seen["k3s"].read_bytes() == b"k3s one"
         assert sorted(requests_seen) == ["/v1.31.4%2Bk3s1/k3s", "/v1.31.4%2Bk3s1/sha256sum-amd64.txt"]
@@ -247,26 +237,15 @@ def test_k3s_release_is_fetched_once_checked_against_its_published_sums(project,
         project.edit_spec("    release_url:", "    version: v1.30.8+k3s1\n    release_url:")
         assert project.doit() == ["image", "raw", "gz"]
         assert seen["k3s"].read_bytes() == b"k3s two"
-    finally:
-        httpd.shutdown()
 
 
 @pytest.fixture
 def iso_server(project):
     """An installer ISO on 127.0.0.1 (Ubuntu's cannot be reached from here); /missing.iso answers 404."""
-    import functools
-    import http.server
-    import threading
     (project.root / "www").mkdir()
     (project.root / "www" / "noble.iso").write_bytes(b"an installer ISO")
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(project.root / "www")))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with serve_directory(project.root / "www") as url:
+        yield url
 
 
 def use_iso_base(project, url: str, sha: str) -> None:

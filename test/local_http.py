@@ -1,0 +1,30 @@
+"""A folder served over HTTP on 127.0.0.1: the tests' stand-in for servers this machine cannot reach
+(K3s's release page, Ubuntu's ISO) and for a fleet's web server."""
+
+import contextlib
+import functools
+import http.server
+import threading
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def serve_directory(directory: Path, *, port: int = 0, requests: list | None = None):
+    """Yield the base URL. Each request's path goes to `requests` when given. A taken `port` falls back to a
+    free one."""
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            if requests is not None:
+                requests.append(self.path)
+
+    handler = functools.partial(Handler, directory=str(directory))
+    try:
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError:
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
