@@ -51,13 +51,27 @@ def _allowed(node: dict) -> str:
     return "; ".join(parts)
 
 
+def _conditional_defaults(node: dict) -> dict[str, str]:
+    """Defaults set by `if`/`then`/`else`, in words: {"suite": '`"noble"` if distro is "ubuntu", else ...'}."""
+    shown: dict[str, list[str]] = {}
+    for conditional in node.get("allOf", []):
+        condition = " and ".join(f"{k} is {json.dumps(v['const'])}"
+                                 for k, v in conditional.get("if", {}).get("properties", {}).items() if "const" in v)
+        for branch, words in (("then", f" if {condition}"), ("else", " otherwise")):
+            for key, sub in conditional.get(branch, {}).get("properties", {}).items():
+                if "default" in sub:
+                    shown.setdefault(key, []).append(f"`{json.dumps(sub['default'])}`{words}")
+    return {key: ", ".join(parts) for key, parts in shown.items()}
+
+
 def _rows(schema: dict, node: dict, prefix: str):
     node = _resolve(schema, node)
+    conditional = _conditional_defaults(node)
     for key, sub in node.get("properties", {}).items():
         sub = _resolve(schema, sub)
         path = f"{prefix}{key}"
         default = sub.get("default")
-        shown = "" if default in (None, {}) else f"`{json.dumps(default)}`"
+        shown = conditional.get(key, "") if default in (None, {}) else f"`{json.dumps(default)}`"
         yield (f"`{path}`", _type(sub), shown, _allowed(sub), sub.get("description", "").replace("|", "\\|"))
         if "properties" in sub:
             yield from _rows(schema, sub, path + ".")

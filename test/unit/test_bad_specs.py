@@ -13,6 +13,10 @@ OK = "cluster: {name: demo}\n"
 
 # (id, spec text, text that must appear in the report)
 BROKEN = [
+    ("address-out-of-range", OK + "nodes:\n  - name: a\n    address: 999.1.1.1\n", "nodes[0].address (line 4): '999.1.1.1' is not an IPv4 address\n"),
+    ("gateway-out-of-range", OK + "network: {lan: {gateway: 10.42.0.300}}\n", "network.lan.gateway (line 2): '10.42.0.300' is not an IPv4 address"),
+    ("gateway-off-the-lan", OK + "network: {lan: {gateway: 10.43.0.1}}\n", "network.lan.gateway (line 2): 10.43.0.1 is not a host address in 10.42.0.0/24"),
+    ("subnet-out-of-range", OK + "network: {wireguard: {subnet: 10.300.0.0/24}}\n", "network.wireguard.subnet (line 2): '10.300.0.0/24' is not an IPv4 subnet"),
     ("bad-hostname", OK + "nodes:\n  - name: a\n  - name: b\n  - name: Node_2\n", "nodes[2].name (line 5): 'Node_2' is not a valid hostname"),
     ("unknown-key-hint", OK + "image: {packges: [vim]}\n", "image.packges (line 2): unknown key\n    hint: did you mean 'packages'?"),
     ("unknown-top-key", OK + "netwrok: {}\n", "netwrok (line 2): unknown key\n    hint: did you mean 'network'?"),
@@ -26,7 +30,7 @@ BROKEN = [
     ("bad-mac", OK + "nodes: [{name: a, mac: 'AA-BB'}]\n", "nodes[0].mac (line 2): 'AA-BB' is not a MAC address"),
     ("bad-role", OK + "nodes: [{name: a, role: master}]\n", "nodes[0].role (line 2): 'master' is not one of"),
     ("address-outside-lan", OK + "nodes: [{name: a, address: 192.168.1.5}]\n", "nodes[0].address (line 2): 192.168.1.5 is not a host address in 10.42.0.0/24"),
-    ("lan-host-bits", OK + "network: {lan: {subnet: 10.42.0.1/24}}\n", "network.lan.subnet (line 2): '10.42.0.1/24': 10.42.0.1/24 has host bits set"),
+    ("lan-host-bits", OK + "network: {lan: {subnet: 10.42.0.1/24}}\n", "network.lan.subnet (line 2): '10.42.0.1/24' is not an IPv4 subnet (10.42.0.1/24 has host bits set)"),
     ("lan-too-small", OK + "network: {lan: {subnet: 10.42.0.0/29}}\n", "network.lan.subnet (line 2): 10.42.0.0/29 is too small for 3 nodes"),
     ("subnets-overlap", OK + "network: {wireguard: {subnet: 10.42.0.0/16}}\n", "network.wireguard.subnet (line 2): overlaps network.lan.subnet"),
     ("wg-port", OK + "network: {wireguard: {port: 70000}}\n", "network.wireguard.port (line 2): 70000 is out of range"),
