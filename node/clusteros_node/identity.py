@@ -7,7 +7,6 @@ derived from the machine id, and the LAN address is left to DHCP or link-local.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import socket
@@ -16,7 +15,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-LAN_HOST_OFFSET = 10
+from clusteros_node import addressing
+
 SYS_NET = Path("/sys/class/net")
 
 
@@ -44,20 +44,20 @@ def interfaces(sys_net: Path = SYS_NET) -> dict[str, str]:
 
 
 def resolve(spec: dict, nics: dict[str, str], machine_id: str) -> Identity:
-    lan = ipaddress.ip_network(spec["network"]["lan"]["subnet"])
+    subnet = spec["network"]["lan"]["subnet"]
     by_mac = {node["mac"]: node for node in spec["nodes"]}
     naming = spec["node_naming"]
     for interface, mac in nics.items():
         node = by_mac.get(mac)
         if node is not None:
             return Identity(node["name"], node["index"], mac, interface,
-                            f"{node['address']}/{lan.prefixlen}", node["role"])
+                            addressing.with_prefix(subnet, node["address"]), node["role"])
     for interface, mac in nics.items():
         if mac.startswith(naming["mac_prefix"] + ":"):
             index = int(mac.rsplit(":", 1)[1], 16)
-            address = lan.network_address + LAN_HOST_OFFSET + index
+            address = addressing.lan_address(subnet, index)
             return Identity(f"{naming['prefix']}{index}", index, mac, interface,
-                            f"{address}/{lan.prefixlen}", "auto")
+                            addressing.with_prefix(subnet, address), "auto")
     # Not a node the spec knows: claim no NIC, so DHCP or link-local configures them all.
     name = f"{naming['prefix']}-{machine_id[:8]}" if machine_id else naming["prefix"]
     return Identity(name, None, None, None, None, "auto")
@@ -94,12 +94,21 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def wait_for_identity(spec: dict, machine_id: str, timeout: float = 20.0) -> Identity:
-    """NIC drivers may still be loading this early in boot: wait for a NIC the spec knows."""
-    deadline = time.monotonic() + timeout
+def wait_for_identity(spec: dict, machine_id: str, timeout: float = 20.0, settle: float = 2.0) -> Identity:
+    """NIC drivers may still be loading this early in boot: wait for a NIC the spec knows.
+
+    A machine the spec does not know has NICs too: once any NIC has appeared and none
+    new has for `settle` seconds, it is what it is, and waiting longer would only delay it.
+    """
+    started = time.monotonic()
+    seen, changed = {}, started
     while True:
-        identity = resolve(spec, interfaces(), machine_id)
-        if identity.index is not None or time.monotonic() > deadline:
+        nics = interfaces()
+        identity = resolve(spec, nics, machine_id)
+        now = time.monotonic()
+        if nics != seen:
+            seen, changed = nics, now
+        if identity.index is not None or now - started > timeout or (nics and now - changed >= settle):
             return identity
         time.sleep(0.2)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
 import zlib
 from dataclasses import dataclass
+
+from clusteros_node import addressing
 
 # A member is live while its announcements keep arriving. Generous, because a TCG guest or a
 # node busy starting k3s can stall for several seconds, and a false "down" moves the controller.
@@ -76,7 +77,8 @@ def controller(spec: dict, live_names: list[str]) -> str | None:
 
 
 def wg_address(spec: dict, index: int | None, name: str) -> str:
-    """Stable wg0 address: <subnet> + node index; nodes unknown to the spec hash their name."""
-    net = ipaddress.ip_network(spec["network"]["wireguard"]["subnet"])
-    host = index if index is not None else 100 + zlib.crc32(name.encode()) % 100
-    return str(net.network_address + host)
+    """Stable wg0 address from the address plan; nodes unknown to the spec hash their name above it."""
+    subnet = spec["network"]["wireguard"]["subnet"]
+    if index is not None:
+        return addressing.wg_address(subnet, index)
+    return addressing.wg_address(subnet, addressing.MAX_INDEXED + 1 + zlib.crc32(name.encode()) % 100)

@@ -1,6 +1,8 @@
 """The spec: defaults from the schema, resolution, and the narrow views tasks depend on."""
 
 import json
+
+import pytest
 from pathlib import Path
 
 from clusteros import spec as S
@@ -28,7 +30,7 @@ def test_minimal_spec_gets_every_default_from_the_schema(tmp_path):
     assert spec["network"]["wireguard"] == {"subnet": "10.99.0.0/24", "port": 51820}
     assert spec["services"]["slurm"]["partitions"] == [{"name": "main", "default": True, "max_time": "INFINITE"}]
     assert spec["vm"] == {"memory": 1024, "cpus": 1, "ssh_base_port": 2223, "vnc_base_port": 5900, "accel": "auto",
-                          "firmware": "bios", "boot_timeout": 120, "nodes": 3}
+                          "firmware": "bios", "boot_timeout": 120, "nodes": 3, "tests": []}
     assert spec["installer"] == {"unattended": False, "target": "auto", "on_done": "reboot"}
 
 
@@ -152,3 +154,21 @@ def test_k3s_fetch_errors_say_what_to_do(tmp_path, monkeypatch):
     assert "For K3s" not in str(mismatch.value), "a mismatch is not fixed by another source"
     with pytest.raises(download.DownloadError, match="services.k3s.file with its sha256"):
         k3s.Binary(str(tmp_path / "missing"), "a" * 64, None).fetch()
+
+
+@pytest.mark.parametrize("subnet,index,lan,wg_subnet,wg", [
+    ("10.42.0.0/24", 1, "10.42.0.11", "10.99.0.0/24", "10.99.0.1"),
+    ("10.42.0.128/25", 3, "10.42.0.141", "10.99.0.64/26", "10.99.0.67"),
+    ("192.168.8.0/22", 40, "192.168.8.50", "10.99.0.0/16", "10.99.0.40"),
+])
+def test_one_address_plan_for_the_host_and_the_node(subnet, index, lan, wg_subnet, wg, tmp_path):
+    """The spec, the test cluster's layout and the node's own identity code agree, whatever the prefix."""
+    from clusteros.vm.layout import layout
+    from clusteros_node import identity, membership
+    spec = load(f"cluster: {{name: lab}}\nnodes: {{count: {index}}}\nnetwork: {{lan: {{subnet: {subnet}}}, "
+                f"wireguard: {{subnet: {wg_subnet}}}}}\n", tmp_path)
+    assert spec["nodes"][index - 1]["address"] == lan
+    assert layout(spec, index)[index - 1].lan_address == lan
+    node = identity.resolve(S.node_view(spec), {"eth0": S.node_mac("lab", index)}, "")
+    assert node.address == f"{lan}/{subnet.split('/')[1]}"
+    assert membership.wg_address(S.node_view(spec), index, node.name) == wg
