@@ -79,6 +79,6 @@ def choose(setting: str) -> Accel:
     if ok:
         return Accel("kvm", reason)
     if setting == "kvm":
-        raise UsageError(f"vm.accel: kvm was asked for, but KVM does not work here: {reason}\n"
-                         "  fix: set vm.accel to auto or tcg in cluster.yaml")
+        raise UsageError(f"vm.accel: kvm was asked for, but KVM does not work here: {reason}",
+                         fix="set vm.accel to auto or tcg in cluster.yaml")
     return Accel("tcg", f"KVM unusable ({reason}); software emulation, boots are ~{TCG_SLOWDOWN}x slower")

@@ -25,7 +25,7 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_shell(args) -> int:
-    from clusteros.vm import cluster
+    from clusteros.vm import cluster   # QMP and friends: only for the commands that need them
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     return cluster.shell(load_spec(args.spec), args.node, command)
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SpecError as exc:
         print(exc.report(), file=sys.stderr)
-        return 2
+        return exc.exit_code
     except ClusterOSError as exc:
         print(f"clusteros: {exc}", file=sys.stderr)
         return exc.exit_code

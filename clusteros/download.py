@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-import requests
-
 from clusteros import paths
+from clusteros.hashing import sha256_file
 from clusteros.errors import ClusterOSError
 
 CHUNK = 1024 * 1024
@@ -56,14 +55,6 @@ def file_name(url: str) -> str:
     return Path(unquote(urlparse(url).path)).name or "download"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fetch(source: str, sha256: str | None = None, *, checksums: str | None = None, retries: int = RETRIES,
           backoff: float = BACKOFF, timeout: float = TIMEOUT, label: str = "download") -> Path:
     """Return the cached, verified file for `source` (http(s) URL, file:// URL or path).
@@ -72,12 +63,12 @@ def fetch(source: str, sha256: str | None = None, *, checksums: str | None = Non
     checksum file at `checksums` lists for the file's name.
     """
     if (sha256 is None) == (checksums is None):
-        raise ValueError("fetch needs exactly one of sha256 and checksums")
+        raise TypeError("fetch needs exactly one of sha256 and checksums")   # a caller's bug, not the user's
     target = cache_path(source, sha256)
     recorded = target.with_name(target.name + ".sha256")
     if target.exists():
         expected = sha256.lower() if sha256 else (recorded.read_text().strip() if recorded.exists() else None)
-        if expected is not None and sha256_of(target) == expected:
+        if expected is not None and sha256_file(target) == expected:
             return target
         target.unlink()   # a cache entry that no longer matches is not trusted
     if sha256 is None:
@@ -88,13 +79,13 @@ def fetch(source: str, sha256: str | None = None, *, checksums: str | None = Non
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
     _get(source, partial, retries=retries, backoff=backoff, timeout=timeout, label=label)
-    actual = sha256_of(partial)
+    actual = sha256_file(partial)
     if actual != sha256:
         partial.unlink()
         raise ChecksumMismatch(f"{label}: {source} does not match its checksum\n"
                                f"  expected sha256: {sha256}" + (f" (from {checksums})" if checksums else "") +
-                               f"\n  actual sha256:   {actual}\n"
-                               "  nothing was kept; check the URL and the sha256 in cluster.yaml")
+                               f"\n  actual sha256:   {actual}\n  nothing was kept",
+                               fix="check the URL and the sha256 in cluster.yaml")
     if checksums:
         recorded.write_text(sha256 + "\n")
     os.replace(partial, target)
@@ -112,8 +103,8 @@ def published_sha256(checksums: str, name: str, **options) -> str:
         fields = line.split()
         if len(fields) == 2 and fields[1].lstrip("*") == name and re.fullmatch(r"[0-9a-fA-F]{64}", fields[0]):
             return fields[0].lower()
-    raise DownloadError(f"{label}: {checksums} lists no sha256 for {name!r}; "
-                        "check the version, or pin the file's sha256 in cluster.yaml")
+    raise DownloadError(f"{label}: {checksums} lists no sha256 for {name!r}",
+                        fix="check the version, or pin the file's sha256 in cluster.yaml")
 
 
 def _get(source: str, partial: Path, *, retries: int = RETRIES, backoff: float = BACKOFF,
@@ -125,37 +116,60 @@ def _get(source: str, partial: Path, *, retries: int = RETRIES, backoff: float =
         return
     local = Path(unquote(urlparse(source).path) if scheme == "file" else source).expanduser()
     if not local.is_file():
-        raise DownloadError(f"{label}: {local} does not exist")
+        raise DownloadError(f"{label}: {local} does not exist", fix="check the path in cluster.yaml")
     shutil.copyfile(local, partial)
 
 
+def _session(retries: int, backoff: float, label: str):
+    """A requests session whose retries (backoff, Retry-After, which statuses) are urllib3's, said out loud."""
+    import requests   # here, not at the top: a no-op `doit` must not pay for importing it
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    class SayingRetry(Retry):
+        def sleep(self, response=None):
+            attempt = len(self.history)
+            last = self.history[-1] if self.history else None
+            cause = f"HTTP {response.status}" if response is not None else (
+                type(last.error).__name__ if last is not None and last.error else "an error")
+            _say(label, f"retry {attempt}/{attempt + (self.total or 0)} after {cause}")
+            super().sleep(response)
+
+    retry = SayingRetry(
+        total=retries, backoff_factor=backoff, status_forcelist=RETRYABLE_STATUS, allowed_methods={"GET"},
+        raise_on_status=False)   # the last answer comes back; raise_for_status names its status
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 def _download(url: str, partial: Path, *, retries: int, backoff: float, timeout: float, label: str) -> None:
+    """Connection failures and server errors are retried by urllib3; a transfer cut short is resumed here."""
+    import requests
     host = urlparse(url).netloc
-    last_error = ""
-    with requests.Session() as session:
-        for attempt in range(retries + 1):
-            if attempt:
-                delay = backoff * 2 ** (attempt - 1)
-                _say(label, f"retry {attempt}/{retries} in {delay:.0f}s ({last_error})")
-                time.sleep(delay)
+    with _session(retries, backoff, label) as session:
+        for _ in range(retries + 1):
             try:
                 if _stream(session, url, partial, timeout, label):
                     return
-                last_error = "transfer ended early"
             except requests.HTTPError as exc:
-                status = exc.response.status_code
-                if status not in RETRYABLE_STATUS:
-                    raise DownloadError(f"{label}: {url} answered HTTP {status}; check the URL") from None
-                last_error = f"HTTP {status}"
+                raise DownloadError(f"{label}: {url} answered HTTP {exc.response.status_code}",
+                                    fix="check the URL (and the version) in cluster.yaml") from None
             except (requests.ConnectionError, requests.Timeout) as exc:
-                last_error = f"cannot reach {host}: {type(exc).__name__}"
-    raise DownloadError(f"{label}: giving up on {url} after {retries + 1} attempts ({last_error}).\n"
-                        "  Offline or air-gapped? Download it elsewhere, check its sha256, and point the spec "
-                        "at the local copy instead (a path or a file:// URL).")
+                raise DownloadError(
+                    f"{label}: giving up on {url} after {retries + 1} attempts "
+                    f"(cannot reach {host}: {type(exc).__name__})",
+                    fix="offline or air-gapped? Download it elsewhere, check its sha256, and point the spec at "
+                        "the local copy instead (a path or a file:// URL)") from None
+    raise DownloadError(f"{label}: {url} kept breaking off after {retries + 1} attempts",
+                        fix="try again; if it persists, download it elsewhere and point the spec at the local copy")
 
 
-def _stream(session: requests.Session, url: str, partial: Path, timeout: float, label: str) -> bool:
+def _stream(session, url: str, partial: Path, timeout: float, label: str) -> bool:
     """One attempt, resuming `partial`. True when the server's whole body has arrived."""
+    import requests
     have = partial.stat().st_size if partial.exists() else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     with session.get(url, stream=True, headers=headers, timeout=timeout) as response:
@@ -179,7 +193,8 @@ def _stream(session: requests.Session, url: str, partial: Path, timeout: float, 
                     if time.monotonic() - shown >= 1.0:
                         _progress(label, got, total)
                         shown = time.monotonic()
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+        except requests.RequestException as exc:   # the connection broke mid-body: resume
+            _say(label, f"transfer broke off: {type(exc).__name__}")
             return False
         _progress(label, got, total)
         return total is None or got >= total

@@ -111,8 +111,8 @@ def build_rootfs(view: dict, target: Path) -> None:
     """Build the root file system tar at `target` (written atomically)."""
     apt_cache = archive_cache()
     apt_cache.mkdir(parents=True, exist_ok=True)
-    runner.say("rootfs", f"mmdebstrap {view['distro']} {view['suite']} from {view['mirror']}, "
-                         f"{len(packages(view))} packages -> {target}")
-    with atomic_path(target) as tmp:
-        runner.run("rootfs", mmdebstrap_command(view, tmp, apt_cache), show=_progress)
-    runner.say("rootfs", f"done: {target.stat().st_size / 2**20:.0f} MiB")
+    with runner.step("rootfs", f"mmdebstrap {view['distro']} {view['suite']} from {view['mirror']}, "
+                               f"{len(packages(view))} packages"), atomic_path(target) as tmp:
+        # A mirror that stops answering must not hang the build forever.
+        runner.run("rootfs", mmdebstrap_command(view, tmp, apt_cache), show=_progress, timeout=3600)
+    runner.say("rootfs", f"{target}: {target.stat().st_size / 2**20:.0f} MiB")

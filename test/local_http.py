@@ -22,7 +22,7 @@ def serve_directory(directory: Path, *, port: int = 0, requests: list | None = N
         httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     except OSError:
         httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}"
     finally:

@@ -55,7 +55,7 @@ def server(tmp_path, monkeypatch):
     monkeypatch.setenv("CLUSTEROS_CACHE_DIR", str(tmp_path / "cache"))
     Handler.hits = {}
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
