@@ -43,8 +43,19 @@ def pid_from_file(pid_file: Path, marker: bytes) -> int | None:
 
 @dataclass
 class Machine:
+    """One QEMU. As a context manager, it is stopped (gracefully if it can be) when the block ends."""
+
     name: str
     directory: Path
+    stop_timeout: float = 30.0
+    qmp_timeout: float = 5.0     # one QMP command; a wedged QEMU costs this much per step of the stop
+
+    def __enter__(self) -> "Machine":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.is_alive():
+            self.stop(self.stop_timeout)
 
     @property
     def qmp_socket(self) -> Path:
@@ -72,19 +83,24 @@ class Machine:
         return self.pid() is not None
 
     def launch(self, argv: list[str]) -> int:
-        """Start QEMU daemonized with the machine's QMP socket, pid file and serial log added."""
+        """Start QEMU daemonized with the machine's QMP socket, pid file and serial log added.
+
+        The machine's folder is 0700: its disk overlay, console log and sockets are its owner's alone.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
         self.remove_runtime_files()
+        self.serial_log.unlink(missing_ok=True)
         full = argv + [
             "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
             "-serial", f"file:{self.serial_log}",
             "-pidfile", str(self.pid_file),
             "-daemonize",
         ]
-        runner.run(f"vm-{self.name}", full, log=self.log)
+        runner.run(f"vm-{self.name}", full, log=self.log, timeout=60)
         pid = self.pid()
         if pid is None:
-            raise MachineError(f"{self.name}: QEMU started but is not running; see {self.log}")
+            raise MachineError(f"{self.name}: QEMU started but is not running", fix=f"see {self.log}")
         self.greeting()
         return pid
 
@@ -140,7 +156,7 @@ class Machine:
         if not self.is_alive():
             return "down"
         try:
-            return self.execute("query-status", timeout=5.0)["status"]
+            return self.execute("query-status", timeout=self.qmp_timeout)["status"]
         except MachineError:
             return "unresponsive"
 
@@ -151,14 +167,14 @@ class Machine:
 
         async def work(client: QMPClient) -> bool:
             with client.listener("SHUTDOWN") as listener:
-                await asyncio.wait_for(client.execute("system_powerdown"), 5.0)
+                await asyncio.wait_for(client.execute("system_powerdown"), self.qmp_timeout)
                 try:
                     await asyncio.wait_for(listener.get(), timeout)
                     return True
                 except asyncio.TimeoutError:
                     return False
         try:
-            return self._session(work, timeout=5.0)
+            return self._session(work, timeout=self.qmp_timeout)
         except MachineError:
             return not self.is_alive()
 
@@ -168,15 +184,15 @@ class Machine:
         if self.is_alive() and not self.powerdown(timeout):
             how = "quit over QMP"
             try:
-                self.execute("quit", timeout=5.0)
+                self.execute("quit", timeout=self.qmp_timeout)
             except MachineError:
                 pass
-        if not self._wait_gone(5.0):
+        if not self._wait_gone(self.qmp_timeout):
             how = "killed"
             pid = self.pid()
             if pid:
                 os.kill(pid, signal.SIGKILL)
-            self._wait_gone(5.0)
+            self._wait_gone(self.qmp_timeout)
         self.remove_runtime_files()
         return how
 
@@ -188,11 +204,14 @@ class Machine:
             time.sleep(0.1)
         return True
 
-    def serial_tail(self, lines: int = 20) -> list[str]:
+    def console_text(self) -> str:
+        """Everything the serial console printed so far, without terminal escapes."""
         try:
-            text = self.serial_log.read_bytes().decode(errors="replace")
+            return _ANSI.sub("", self.serial_log.read_bytes().decode(errors="replace"))
         except OSError:
+            return ""
+
+    def serial_tail(self, lines: int = 20) -> list[str]:
+        if not self.serial_log.exists():
             return ["(no serial log)"]
-        clean = [_ANSI.sub("", line) for line in text.splitlines()]
-        clean = [line for line in clean if line.strip()]
-        return clean[-lines:]
+        return [line for line in self.console_text().splitlines() if line.strip()][-lines:]

@@ -8,7 +8,8 @@ import pytest
 
 from clusteros.errors import UsageError
 from clusteros.spec import load_spec, check_spec_data
-from clusteros.vm import cluster
+from clusteros.vm import cluster, layout, ports
+from clusteros.vm.ssh import SSHTarget
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,36 +20,36 @@ def spec():
 
 
 def test_five_nodes_get_deterministic_macs_ports_and_addresses(spec):
-    nodes = cluster.layout(spec, 5)
+    nodes = layout.layout(spec, 5)
     assert [n.name for n in nodes] == ["node1", "node2", "node3", "node4", "node5"]
     assert [n.ssh_port for n in nodes] == [2223, 2224, 2225, 2226, 2227]
     assert [n.vnc_port for n in nodes] == [5900, 5901, 5902, 5903, 5904]
     assert nodes[3].lan_address == "10.42.0.14"
     assert nodes[4].lan_mac == spec["node_naming"]["mac_prefix"] + ":05"
     assert len({n.lan_mac for n in nodes} | {n.uplink_mac for n in nodes}) == 10
-    assert nodes == cluster.layout(spec, 5), "the same spec gives the same layout"
+    assert nodes == layout.layout(spec, 5), "the same spec gives the same layout"
 
 
 def test_node_overrides_from_the_spec_list(tmp_path):
     spec = check_spec_data(b"cluster: {name: lab}\nnodes: [{name: big, memory: 4096, cpus: 2}, {name: small}]\n",
                            "t", tmp_path)
-    big, small = cluster.layout(spec, 2)
+    big, small = layout.layout(spec, 2)
     assert (big.name, big.memory, big.cpus) == ("big", 4096, 2)
     assert (small.memory, small.cpus) == (1024, 1)
 
 
 def test_node_count_from_the_command_line(spec):
-    assert cluster.vm_count(spec, None) == 3
-    assert cluster.vm_count(spec, "5") == 5
+    assert layout.vm_count(spec, None) == 3
+    assert layout.vm_count(spec, "5") == 5
     for bad in ("five", "0", "17"):
         with pytest.raises(UsageError):
-            cluster.vm_count(spec, bad)
+            layout.vm_count(spec, bad)
 
 
 def test_a_listed_cluster_cannot_run_more_vms_than_it_lists(tmp_path):
     spec = check_spec_data(b"cluster: {name: lab}\nnodes: [{name: a}, {name: b}]\n", "t", tmp_path)
     with pytest.raises(UsageError, match="lists 2 nodes"):
-        cluster.vm_count(spec, "3")
+        layout.vm_count(spec, "3")
 
 
 def test_a_taken_port_is_named_with_its_program(spec):
@@ -57,18 +58,19 @@ def test_a_taken_port_is_named_with_its_program(spec):
     holder.listen()
     port = holder.getsockname()[1]
     try:
-        owner = cluster.port_owner(port)
+        owner = ports.port_owner(port)
         assert owner is not None and f"(pid {os.getpid()})" in owner
-        node = cluster.layout(spec, 1)[0]
-        node = cluster.VMNode(**{**node.__dict__, "ssh_port": port})
+        node = layout.layout(spec, 1)[0]
+        node = layout.VMNode(**{**node.__dict__, "ssh_port": port})
         with pytest.raises(UsageError, match=f"SSH port {port} is taken by .*pid {os.getpid()}"):
             cluster.check_ports([node])
     finally:
         holder.close()
-    assert cluster.port_owner(port) is None
+    assert ports.port_owner(port) is None
 
 
-def test_ssh_command_quotes_each_word(spec):
-    argv = cluster.ssh_argv(spec, cluster.layout(spec, 1)[0], ["sh", "-c", "echo 'a b'; exit 3"])
-    assert argv[-1] == "sh -c 'echo '\"'\"'a b'\"'\"'; exit 3'"
-    assert "StrictHostKeyChecking=no" in argv and "admin@127.0.0.1" in argv
+def test_ssh_runs_one_command_line_on_the_node(spec):
+    argv = SSHTarget(2223, "admin", Path("/k")).argv("echo 'a b'; exit 3")
+    assert argv[-2:] == ["--", "echo 'a b'; exit 3"], "the login shell on the node gets the line as written"
+    assert "StrictHostKeyChecking=no" in argv and "admin@127.0.0.1" in argv and "BatchMode=yes" in argv
+    assert "-t" in SSHTarget(2223, "admin", Path("/k")).argv(interactive=True)

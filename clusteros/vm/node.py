@@ -1,0 +1,138 @@
+"""A handle on one running VM, for tests and for a user's own checks of their cluster.
+
+In the spirit of the NixOS test driver's Machine: every call names the node,
+runs a shell command line on it over SSH, and fails with what the command
+printed. Timeouts are given as they would be with KVM and stretched by the
+node's `scale` (the accelerator's slowdown), so one number serves both.
+
+    node.succeed("systemctl is-active node-agent")      # its output, or an error
+    node.fail("test -e /etc/clusteros/cluster.secret")   # must exit non-zero
+    node.wait_until_succeeds("sinfo -h -t idle | grep -q .", timeout=60)
+    node.wait_for_unit("slurmd.service")
+    node.wait_for_console_text(r"login:")                 # the serial console
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+from clusteros.errors import ClusterOSError
+from clusteros.vm.machine import Machine
+from clusteros.vm.ssh import NO_CONNECTION, SSHTarget
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT = 120.0     # seconds with KVM; scaled for TCG
+COMMAND_TIMEOUT = 60.0
+
+
+class NodeCommandFailed(ClusterOSError, AssertionError):
+    """A command did not end as the caller required. An AssertionError, so `retry` retries it."""
+
+
+def retry(check: Callable[[], T], timeout: float, *, scale: float = 1.0, every: float = 2.0) -> T:
+    """Call `check` until it returns without raising AssertionError; give up after `timeout` x `scale` s.
+
+    The last AssertionError is raised again at the deadline, so the failure says what was last seen.
+    """
+    deadline = time.monotonic() + timeout * scale
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(max(0.05, min(every, deadline - time.monotonic())))
+
+
+@dataclass(frozen=True)
+class Result:
+    status: int
+    stdout: str
+    stderr: str
+
+
+@dataclass(eq=False)   # a handle is itself: hashable, equal only to itself
+class Node:
+    name: str
+    machine: Machine
+    ssh: SSHTarget
+    scale: float = 1.0
+    poll: float = 2.0     # seconds between tries while waiting
+
+    # -- one command ---------------------------------------------------------
+
+    def execute(self, command: str, timeout: float = COMMAND_TIMEOUT) -> Result:
+        out = self.ssh.run(command, timeout=timeout * self.scale)
+        return Result(out.returncode, out.stdout, out.stderr)
+
+    def succeed(self, *commands: str, timeout: float = COMMAND_TIMEOUT) -> str:
+        """Run each command; all must exit 0. Returns their output, joined."""
+        output = ""
+        for command in commands:
+            result = self.execute(command, timeout)
+            if result.status != 0:
+                raise NodeCommandFailed(self._describe(command, result))
+            output += result.stdout
+        return output
+
+    def fail(self, *commands: str, timeout: float = COMMAND_TIMEOUT) -> str:
+        """Run each command; each must exit non-zero (an SSH failure does not count)."""
+        output = ""
+        for command in commands:
+            result = self.execute(command, timeout)
+            if result.status == 0 or result.status == NO_CONNECTION:
+                raise NodeCommandFailed(self._describe(command, result, expected="a non-zero exit"))
+            output += result.stdout
+        return output
+
+    def _describe(self, command: str, result: Result, expected: str = "exit 0") -> str:
+        what = "could not connect or log in" if result.status == NO_CONNECTION else f"exited {result.status}"
+        return (f"{self.name}: {command!r} {what} (expected {expected})\n"
+                f"--- stdout\n{result.stdout.rstrip()}\n--- stderr\n{result.stderr.rstrip()}")
+
+    # -- waiting ---------------------------------------------------------------
+
+    def retry(self, check: Callable[[], T], timeout: float = DEFAULT_TIMEOUT, every: float | None = None) -> T:
+        return retry(check, timeout, scale=self.scale, every=self.poll if every is None else every)
+
+    def wait_until_succeeds(self, command: str, timeout: float = DEFAULT_TIMEOUT) -> str:
+        return self.retry(lambda: self.succeed(command), timeout)
+
+    def wait_until_fails(self, command: str, timeout: float = DEFAULT_TIMEOUT) -> str:
+        return self.retry(lambda: self.fail(command), timeout)
+
+    def wait_for_ssh(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        def reachable() -> None:
+            if not self.machine.is_alive():
+                raise ClusterOSError(f"{self.name}: QEMU is not running", fix=f"see {self.machine.log}")
+            self.succeed("true", timeout=30)
+        self.retry(reachable, timeout)
+
+    def wait_for_unit(self, unit: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Until `unit` is active. A unit that has failed ends the wait at once, with its journal."""
+        def active() -> None:
+            state = self.execute(f"systemctl is-active {unit}").stdout.strip()
+            if state == "failed":   # not an AssertionError: retrying cannot help
+                journal = self.execute(f"sudo journalctl -u {unit} -n 30 --no-pager").stdout
+                raise ClusterOSError(f"{self.name}: {unit} failed:\n{journal}")
+            assert state == "active", f"{self.name}: {unit} is {state or 'unknown'}"
+        self.retry(active, timeout)
+
+    def wait_for_console_text(self, regex: str, timeout: float = DEFAULT_TIMEOUT) -> re.Match:
+        """Until the serial console has printed a line matching `regex`; returns the match."""
+        pattern = re.compile(regex)
+
+        def printed() -> re.Match:
+            match = pattern.search(self.machine.console_text())
+            assert match, f"{self.name}: no {regex!r} on the console yet"
+            return match
+        return self.retry(printed, timeout, every=min(1.0, self.poll))
+
+    # -- power -----------------------------------------------------------------
+
+    def shutdown(self, timeout: float = DEFAULT_TIMEOUT) -> bool:
+        """ACPI power button; True once the guest has powered off."""
+        return self.machine.powerdown(timeout * self.scale)

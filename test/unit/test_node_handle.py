@@ -1,0 +1,102 @@
+"""The node handle's logic, with this machine's own shell standing in for SSH to a guest.
+
+The transport is the only stand-in: commands really run, with their real exit
+statuses, output and timeouts; the console is a real file where QEMU would write it.
+"""
+
+import subprocess
+import time
+
+import pytest
+
+from clusteros.errors import ClusterOSError
+from clusteros.vm.machine import Machine
+from clusteros.vm.node import Node, NodeCommandFailed, retry
+from clusteros.vm.ssh import NO_CONNECTION
+
+
+class LocalShell:
+    """Runs a command line here, as SSHTarget.run does on a node."""
+
+    def run(self, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess([], NO_CONNECTION, "", "timed out")
+
+
+@pytest.fixture
+def node(tmp_path):
+    machine = Machine("node1", tmp_path / "node1")
+    machine.directory.mkdir()
+    return Node("node1", machine, LocalShell(), scale=0.01, poll=0.1)   # timeouts are KVM seconds: shrink them
+
+
+def test_succeed_returns_the_output_of_every_command(node):
+    assert node.succeed("echo one", "echo two") == "one\ntwo\n"
+
+
+def test_succeed_names_the_node_the_command_its_status_and_output(node):
+    with pytest.raises(NodeCommandFailed) as failed:
+        node.succeed("echo visible; echo also >&2; exit 3")
+    message = str(failed.value)
+    assert "node1: 'echo visible; echo also >&2; exit 3' exited 3 (expected exit 0)" in message
+    assert "visible" in message and "also" in message
+    assert isinstance(failed.value, AssertionError), "a failed check is a failed test"
+
+
+def test_fail_wants_a_non_zero_exit_and_a_lost_connection_is_not_one(node):
+    assert node.fail("echo no; false") == "no\n"
+    with pytest.raises(NodeCommandFailed, match="expected a non-zero exit"):
+        node.fail("true")
+    with pytest.raises(NodeCommandFailed, match="could not connect or log in"):
+        node.fail(f"exit {NO_CONNECTION}")
+
+
+def test_wait_until_succeeds_retries_until_the_command_does(node, tmp_path):
+    flag = tmp_path / "flag"
+    subprocess.Popen(["sh", "-c", f"sleep 1; touch {flag}"])
+    started = time.monotonic()
+    assert node.wait_until_succeeds(f"test -e {flag} && echo there", timeout=500) == "there\n"
+    assert time.monotonic() - started >= 0.9
+
+
+def test_waiting_gives_up_with_the_last_failure(node):
+    with pytest.raises(NodeCommandFailed, match="exited 1"):
+        node.wait_until_succeeds("false", timeout=100)   # 1 s at this scale
+
+
+def test_a_failed_unit_ends_the_wait_at_once(node, tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "systemctl").write_text("#!/bin/sh\necho failed\nexit 3\n")
+    (fake / "journalctl").write_text("#!/bin/sh\necho 'the unit said why'\n")
+    (fake / "sudo").write_text('#!/bin/sh\nexec "$@"\n')
+    for tool in fake.iterdir():
+        tool.chmod(0o755)
+    node.ssh = type("Shell", (), {"run": lambda self, c, timeout=60: LocalShell().run(f"PATH={fake}:$PATH; {c}",
+                                                                                     timeout)})()
+    started = time.monotonic()
+    with pytest.raises(ClusterOSError, match="node1: munge.service failed:\nthe unit said why"):
+        node.wait_for_unit("munge.service", timeout=10_000)
+    assert time.monotonic() - started < 5
+
+
+def test_console_text_is_matched_without_terminal_escapes(node):
+    node.machine.serial_log.write_bytes(b"\x1b[0;32m  OK  \x1b[0m] Reached target\r\nnode1 login: ")
+    match = node.wait_for_console_text(r"(\w+) login:", timeout=100)
+    assert match.group(1) == "node1"
+    with pytest.raises(AssertionError, match="no 'never' on the console"):
+        node.wait_for_console_text("never", timeout=50)
+
+
+def test_retry_scales_its_deadline():
+    calls = []
+
+    def never():
+        calls.append(time.monotonic())
+        raise AssertionError("not yet")
+    started = time.monotonic()
+    with pytest.raises(AssertionError, match="not yet"):
+        retry(never, 10, scale=0.05, every=0.1)
+    assert 0.4 < time.monotonic() - started < 2 and len(calls) >= 4
