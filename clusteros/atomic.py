@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from clusteros import paths
 
 
 @contextlib.contextmanager
@@ -39,3 +42,35 @@ def write_text(target: str | os.PathLike, text: str, mode: int = 0o644) -> None:
 
 def write_json(target: str | os.PathLike, data, mode: int = 0o644) -> None:
     write_text(target, json.dumps(data, indent=2, sort_keys=True) + "\n", mode)
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Swap the folder `new` in for `target`: at no moment is there a half-filled target."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    shutil.move(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """A hard link where the file system allows it (images are hundreds of MiB), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+@contextlib.contextmanager
+def work_dir(prefix: str) -> Iterator[Path]:
+    """A scratch folder under dist/tmp (on the same file system as the targets), removed afterwards."""
+    parent = (paths.dist_dir() / "tmp").resolve()
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=parent) as name:
+        yield Path(name)

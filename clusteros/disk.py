@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clusteros import runner
+from clusteros.errors import ClusterOSError
 
 SECTOR = 512
 MIB = 1024 * 1024
@@ -113,14 +114,27 @@ menuentry "ClusterOS" {{
 """
 
 
+def fstab(ids: DiskIds) -> str:
+    esp_uuid = f"{ids.esp_volume[:4]}-{ids.esp_volume[4:]}"
+    return ("# <file system>  <mount point>  <type>  <options>  <dump>  <pass>\n"
+            f"UUID={ids.root_fs}  /  ext4  defaults,noatime,errors=remount-ro  0  1\n"
+            f"UUID={esp_uuid}  /boot/efi  vfat  umask=0077,nofail  0  2\n")
+
+
+def assemble(disk: Path, tree: Path, work: Path, ids: DiskIds, disk_bytes: int, epoch: int) -> None:
+    """The whole disk in one file: partition table, root file system from `tree`, ESP, BIOS boot code."""
+    write_partition_table(disk, ids, disk_bytes)
+    make_root_filesystem(disk, tree, ids, disk_bytes, epoch)
+    core, efi = build_grub_images(work, ids)
+    make_esp(disk, work, ids, efi)
+    install_bios_boot(disk, core)
+
+
 def write_partition_table(disk: Path, ids: DiskIds, disk_bytes: int) -> None:
     with open(disk, "wb") as f:
         f.truncate(disk_bytes)
-    script = disk.with_suffix(".sfdisk")
-    script.write_text(sfdisk_script(ids, disk_bytes))
-    runner.run("image", ["sh", "-c", 'sfdisk --no-reread --no-tell-kernel "$0" < "$1"', disk, script],
-               log=runner.log_path("image-disk"))
-    script.unlink()
+    runner.run("image", ["sfdisk", "--no-reread", "--no-tell-kernel", disk],
+               stdin=sfdisk_script(ids, disk_bytes).encode(), log=runner.log_path("image-disk"))
 
 
 def make_root_filesystem(disk: Path, tree: Path, ids: DiskIds, disk_bytes: int, epoch: int) -> None:
@@ -156,7 +170,8 @@ def build_grub_images(work: Path, ids: DiskIds) -> tuple[Path, Path]:
                          "-p", "/boot/grub", *GRUB_MODULES_COMMON, *GRUB_MODULES_EFI],
                log=runner.log_path("image-grub"), append=True)
     if core.stat().st_size > BIOS_SIZE:
-        raise ValueError(f"GRUB core.img is {core.stat().st_size} bytes; the BIOS boot partition holds {BIOS_SIZE}")
+        raise ClusterOSError(f"GRUB core.img is {core.stat().st_size} bytes; the BIOS boot partition holds {BIOS_SIZE}",
+                             fix="this GRUB build is larger than any seen before: report it with `grub-mkimage --version`")
     return core, efi
 
 

@@ -8,6 +8,7 @@
 #   Packer uploaded the ClusterOS files to /tmp/clusteros-node-files.tar, and the
 #   CLUSTEROS_UNITS_* lists say which units to enable, disable and mask.
 set -eu
+# shellcheck source=/dev/null
 echo "provision: $(. /etc/os-release; echo "$PRETTY_NAME") for cluster ${CLUSTEROS_CLUSTER:-?}," \
      "base ${CLUSTEROS_BASE:-native}"
 
@@ -15,6 +16,8 @@ if [ "${CLUSTEROS_BASE:-native}" = iso ]; then
     # --no-overwrite-dir: /etc, /usr keep their own owners and modes.
     tar --extract --no-overwrite-dir --preserve-permissions --file /tmp/clusteros-node-files.tar --directory /
     rm -f /tmp/clusteros-node-files.tar
+    # The node-agent's bytecode, made by this system's own Python (it starts at once at every boot).
+    python3 -m compileall -q --invalidation-mode checked-hash /usr/local/lib/clusteros/node-agent
     # Booted (Packer's VM): systemd must see the new units. In a chroot there is no manager to tell.
     if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
     for unit in $CLUSTEROS_UNITS_ENABLE; do
@@ -23,6 +26,7 @@ if [ "${CLUSTEROS_BASE:-native}" = iso ]; then
         done
     done
     for unit in $CLUSTEROS_UNITS_DISABLE; do systemctl disable "$unit" 2>/dev/null || true; done
+    # shellcheck disable=SC2086  # one word per unit
     systemctl mask $CLUSTEROS_UNITS_MASK
     # cloud-init set the installer's network and hostname; the node's come from the spec now.
     mkdir -p /etc/cloud && touch /etc/cloud/cloud-init.disabled
@@ -48,7 +52,7 @@ rm -f /etc/slurm/slurm.conf
 printf 'clusteros\n' > /etc/hostname
 apt-get clean
 rm -rf /var/lib/apt/lists/* /tmp/* /var/tmp/*
-journalctl --rotate >/dev/null 2>&1 && journalctl --vacuum-time=1s >/dev/null 2>&1 || true
+if journalctl --rotate >/dev/null 2>&1; then journalctl --vacuum-time=1s >/dev/null 2>&1 || true; fi
 rm -f /home/*/.bash_history /root/.bash_history
 sync
 echo "provision: done"

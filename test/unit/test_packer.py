@@ -1,12 +1,13 @@
 """The Packer template generated from the spec (Packer itself runs in the e2e test)."""
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from clusteros import packer
+from clusteros import agent, packer
+from clusteros.errors import ClusterOSError
+from clusteros.image import ImageInputs
 from clusteros.spec import check_spec_data, load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,9 +19,9 @@ def spec():
 
 
 def native(spec, version, tmp_path):
-    return packer.render(spec=spec, base={"kind": "native", "image": "/dist/democluster-base.qcow2", "sha256": "ab" * 32},
-                         output_dir=tmp_path / "out", ssh_key=tmp_path / "id_ed25519", accel="tcg", version=version,
-                         provision_script=ROOT / "images/common/provision.sh", serial_log=tmp_path / "serial.log")
+    job = packer.PackerJob({"kind": "native", "image": "/dist/democluster-base.qcow2", "sha256": "ab" * 32},
+                           tmp_path, tmp_path / "id_ed25519", "tcg", version)
+    return packer.render(spec, job)
 
 
 def test_native_base_boots_the_native_disk_with_the_test_key(spec, tmp_path):
@@ -40,10 +41,8 @@ def test_packer_1_6_gets_no_required_plugins_and_1_7_does(spec, tmp_path):
 
 
 def iso(spec, version, tmp_path, url="https://releases.example/noble.iso"):
-    return packer.render(spec=spec, base={"kind": "iso", "url": url, "sha256": "cd" * 32},
-                         output_dir=tmp_path / "out", ssh_key=tmp_path / "k", accel="kvm", version=version,
-                         provision_script=ROOT / "images/common/provision.sh", serial_log=tmp_path / "s",
-                         http_dir=tmp_path / "http", node_files=tmp_path / "node-files.tar")
+    job = packer.PackerJob({"kind": "iso", "url": url, "sha256": "cd" * 32}, tmp_path, tmp_path / "k", "kvm", version)
+    return packer.render(spec, job)
 
 
 def test_iso_base_serves_autoinstall_types_the_boot_command_and_uploads_the_node_files(spec, tmp_path):
@@ -82,7 +81,7 @@ def test_iso_base_is_for_ubuntu():
 def test_version_parsing():
     assert packer.parse_version("Packer v1.6.6") == (1, 6, 6)
     assert packer.parse_version("Packer v1.11.2\n\nYour version is out of date") == (1, 11, 2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ClusterOSError, match="cannot read a Packer version"):
         packer.parse_version("command not found")
 
 
@@ -92,21 +91,20 @@ def test_iso_base_without_its_url_is_a_spec_error():
         check_spec_data(b"cluster: {name: a}\nimage: {builder: packer, packer: {base: iso}}\n", "t", ROOT)
 
 
-@pytest.mark.skipif(not shutil.which("packer"), reason="packer is installed by scripts/install-prereqs.sh")
+@pytest.mark.needs("packer")
 def test_installed_packer_accepts_the_template(spec, tmp_path):
-    version = packer.installed_version()
     base = tmp_path / "base.qcow2"
     base.write_bytes(b"")
-    hcl = packer.render(spec=spec, base={"kind": "native", "image": str(base), "sha256": "ab" * 32},
-                        output_dir=tmp_path / "out", ssh_key=tmp_path / "k", accel="tcg", version=version,
-                        provision_script=ROOT / "images/common/provision.sh", serial_log=tmp_path / "s")
+    job = packer.PackerJob({"kind": "native", "image": str(base), "sha256": "ab" * 32}, tmp_path, tmp_path / "k",
+                           "tcg", packer.installed_version())
+    hcl = packer.render(spec, job)
     (tmp_path / "node.pkr.hcl").write_text(hcl)
     out = subprocess.run(["packer", "validate", "-syntax-only", "node.pkr.hcl"], cwd=tmp_path, capture_output=True,
                          text=True, env={"PATH": "/usr/bin:/bin", "CHECKPOINT_DISABLE": "1", "HOME": str(tmp_path)})
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-@pytest.mark.skipif(not shutil.which("packer"), reason="packer is installed by scripts/install-prereqs.sh")
+@pytest.mark.needs("packer")
 def test_iso_build_inputs_are_complete_and_the_installed_packer_fully_validates_them(tmp_path, monkeypatch):
     """Everything build_from_iso hands Packer, made for real; Packer checks it all but the boot itself
     (not syntax only: the QEMU builder's settings, the key, the http directory, the upload's source)."""
@@ -120,13 +118,15 @@ def test_iso_build_inputs_are_complete_and_the_installed_packer_fully_validates_
     spec = load_spec(spec_file)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "key"], check=True)
     (tmp_path / "noble.iso").write_bytes(b"an installer ISO")
-    (tmp_path / "agent.pyz").write_bytes(b"agent")
+    agent.build_pyz(ROOT / "node", tmp_path / "agent.pyz")
     (tmp_path / "secret").write_bytes(b"s" * 32)
     work = tmp_path / "work"
     work.mkdir()
-    hcl = packer.prepare_iso_build(work, spec=spec, iso=tmp_path / "noble.iso", node_spec={"cluster": {"name": "lab"}},
-                                   agent_pyz=tmp_path / "agent.pyz", secret=tmp_path / "secret", k3s_binary=None,
-                                   ssh_key=tmp_path / "key", accel="tcg", version=packer.installed_version())
+    inputs = ImageInputs(name="lab", image=spec["image"], node_spec={"cluster": {"name": "lab"}},
+                         agent_pyz=tmp_path / "agent.pyz", secret=tmp_path / "secret", default_keys=())
+    job = packer.PackerJob({"kind": "iso", "url": str(tmp_path / "noble.iso"), "sha256": sha}, work, tmp_path / "key",
+                           "tcg", packer.installed_version())
+    hcl = packer.prepare_iso_build(spec, job, inputs)
     autoinstall = yaml.safe_load((work / "http" / "user-data").read_text())["autoinstall"]
     assert {"slurmd", "wireguard-tools", "linux-image-generic", "htop"} <= set(autoinstall["packages"])
     assert autoinstall["ssh"]["authorized-keys"] == [(tmp_path / "key.pub").read_text().strip()]
@@ -134,7 +134,8 @@ def test_iso_build_inputs_are_complete_and_the_installed_packer_fully_validates_
         names = tar.getnames()
         assert all(m.uid == 0 and m.gid == 0 for m in tar.getmembers())
     assert "." not in names and "./" not in names, "the tar must not carry a mode for /"
-    assert {"etc/clusteros/spec.json", "etc/clusteros/cluster.secret", "usr/local/lib/clusteros/node-agent.pyz",
+    assert {"etc/clusteros/spec.json", "etc/clusteros/cluster.secret",
+            "usr/local/lib/clusteros/node-agent/clusteros_node/agent.py",
             "etc/systemd/system/node-agent.service"} <= set(names)
     (work / "node.pkr.hcl").write_text(hcl)
     out = subprocess.run(["packer", "validate", "node.pkr.hcl"], cwd=work, capture_output=True, text=True,

@@ -1,0 +1,218 @@
+"""Offline changes to a root file system tree: nothing is booted and nothing is mounted.
+
+Every function takes the tree's path. Files are always *replaced*, never
+rewritten in place (`place_bytes`, `place_file`): a tree may be a hard-link
+copy of a cached one, and writing through a shared inode would change the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+from clusteros import paths, runner
+
+AGENT_DIR = "usr/local/lib/clusteros"
+UNITS_ENABLED = ["systemd-networkd.service", "systemd-resolved.service", "ssh.service",
+                 "clusteros-identity.service", "clusteros-growroot.service", "clusteros-ssh-hostkeys.service"]
+# The node-agent starts the SLURM daemon of the node's role; none starts by itself.
+UNITS_DISABLED = ["slurmctld.service", "slurmd.service"]
+OPTIONAL_UNITS = ["node-agent.service"]
+# Jobs that cost a node minutes of boot or reach for the internet on their own.
+UNITS_MASKED = ["e2scrub_reap.service", "e2scrub_all.timer", "apt-daily.timer", "apt-daily-upgrade.timer"]
+LEAN_PATTERNS = ("var/cache/apt/*.bin", "var/cache/apt/archives/*.deb", "var/lib/apt/lists/*", "var/log/*.log",
+                 "var/log/apt/*", "etc/ssh/ssh_host_*", "tmp/*", "var/tmp/*", "var/cache/debconf/*-old",
+                 "var/lib/dpkg/*-old")
+
+
+# --------------------------------------------------------------------------
+# Writing into a tree that may share inodes with a cache
+
+
+def place_bytes(target: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write `target` as a new inode (an existing file is unlinked first, never truncated)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink() or target.exists():
+        target.unlink()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(target, mode)
+
+
+def place_file(source: Path, target: Path, mode: int | None = None) -> None:
+    """Copy `source` to `target` as a new inode, keeping the source's mode unless one is given."""
+    if source.is_symlink():
+        if target.is_symlink() or target.exists():
+            target.unlink()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(os.readlink(source))
+        return
+    place_bytes(target, source.read_bytes(), mode if mode is not None else source.stat().st_mode & 0o7777)
+
+
+def place_tree(source: Path, tree: Path) -> list[str]:
+    """Every file under `source` into the same place under `tree`; returns their tree paths."""
+    placed = []
+    for path in sorted(source.rglob("*")):
+        target = tree / path.relative_to(source)
+        if path.is_dir() and not path.is_symlink():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        place_file(path, target)
+        placed.append(str(target.relative_to(tree)))
+    return placed
+
+
+# --------------------------------------------------------------------------
+# What makes a Debian or Ubuntu system a ClusterOS node
+
+
+def overlay_dirs(distro: str) -> list[Path]:
+    """Overlay trees, applied in order: common first, then the distro's own."""
+    return [d for d in (paths.IMAGES_DIR / "common" / "overlay", paths.IMAGES_DIR / distro / "overlay") if d.is_dir()]
+
+
+def overlay_files(distro: str) -> list[Path]:
+    return sorted(p for d in overlay_dirs(distro) for p in d.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def apply_overlay(tree: Path, distro: str) -> None:
+    for source in overlay_dirs(distro):
+        place_tree(source, tree)
+
+
+def install_agent(tree: Path, agent_pyz: Path, *, compile_agent: bool = True) -> None:
+    """The node-agent, unpacked from its zipapp and compiled by the image's own Python.
+
+    zipimport compiles every module at every start (it writes no bytecode): under
+    emulation that costs a node tens of seconds of boot. Unpacked with bytecode
+    made here, the agent starts at once. The bytecode is checked by hash, not
+    time, so the image stays reproducible.
+    """
+    target = tree / AGENT_DIR / "node-agent"
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    with zipfile.ZipFile(agent_pyz) as archive:
+        archive.extractall(target)
+    if not compile_agent:
+        return
+    runner.run("image", ["chroot", tree, "/usr/bin/python3", "-m", "compileall", "-q", "-j", "0",
+                         "--invalidation-mode", "checked-hash", f"/{AGENT_DIR}/node-agent"],
+               log=runner.log_path("image-agent"), timeout=300)
+
+
+def install_node_spec(tree: Path, node_spec: dict) -> None:
+    etc = tree / "etc" / "clusteros"
+    etc.mkdir(parents=True, exist_ok=True)
+    os.chmod(etc, 0o755)
+    place_bytes(etc / "spec.json", (json.dumps(node_spec, indent=2, sort_keys=True) + "\n").encode())
+
+
+def install_secret(tree: Path, secret: Path) -> None:
+    place_bytes(tree / "etc" / "clusteros" / "cluster.secret", secret.read_bytes(), 0o600)
+
+
+def install_k3s(tree: Path, binary: Path) -> None:
+    place_file(binary, tree / "usr" / "local" / "bin" / "k3s", 0o755)
+
+
+def set_locale_and_time(tree: Path, image: dict) -> None:
+    localtime = tree / "etc" / "localtime"
+    if localtime.is_symlink() or localtime.exists():
+        localtime.unlink()
+    localtime.symlink_to(f"/usr/share/zoneinfo/{image['timezone']}")
+    place_bytes(tree / "etc" / "timezone", f"{image['timezone']}\n".encode())
+    place_bytes(tree / "etc" / "default" / "locale", f"LANG={image['locale']}\n".encode())
+    place_bytes(tree / "etc" / "hostname", b"clusteros\n")
+
+
+def add_users(tree: Path, users: list[dict], default_keys: list[str]) -> None:
+    """Each user with sudo and key login; no password. A user without keys gets `default_keys`."""
+    log = runner.log_path("image-users")
+    log.unlink(missing_ok=True)
+    sudoers = []
+    for user in users:
+        name = user["name"]
+        runner.run("image", ["useradd", "--root", tree, "--create-home", "--shell", user["shell"],
+                             "--user-group", name], log=log, append=True)
+        # '*' is "no password" without locking the account: key logins still work.
+        runner.run("image", ["usermod", "--root", tree, "--password", "*", name], log=log, append=True)
+        _authorize(tree, name, user["ssh_keys"] or default_keys)
+        if user["sudo"]:
+            sudoers.append(f"{name} ALL=(ALL) NOPASSWD:ALL\n")
+    place_bytes(tree / "etc" / "sudoers.d" / "clusteros",
+                ("# Users from cluster.yaml (image.users). Passwords are disabled: keys only.\n"
+                 + "".join(sudoers)).encode(), 0o440)
+
+
+def _authorize(tree: Path, name: str, keys: list[str]) -> None:
+    ssh_dir = tree / "home" / name / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    place_bytes(ssh_dir / "authorized_keys", "".join(k.strip() + "\n" for k in keys).encode(), 0o600)
+    uid, gid = user_ids(tree, name)
+    for path in (ssh_dir, ssh_dir / "authorized_keys"):
+        os.chown(path, uid, gid)
+
+
+def user_ids(tree: Path, name: str) -> tuple[int, int]:
+    for line in (tree / "etc" / "passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return int(fields[2]), int(fields[3])
+    raise LookupError(f"user {name!r} is not in {tree}/etc/passwd")   # useradd just made it: a bug
+
+
+def set_units(tree: Path) -> None:
+    log = runner.log_path("image-units")
+    present = [u for u in UNITS_ENABLED + OPTIONAL_UNITS if unit_exists(tree, u)]
+    runner.run("image", ["systemctl", "--root", tree, "enable", *present], log=log)
+    if disable := [u for u in UNITS_DISABLED if unit_exists(tree, u)]:
+        runner.run("image", ["systemctl", "--root", tree, "disable", *disable], log=log, append=True)
+    runner.run("image", ["systemctl", "--root", tree, "mask", *UNITS_MASKED], log=log, append=True)
+
+
+def unit_exists(tree: Path, unit: str) -> bool:
+    return any((tree / d / unit).exists() for d in ("etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system"))
+
+
+def make_lean(tree: Path) -> None:
+    """Leave no caches, logs, host keys or machine identity inside the image."""
+    for pattern in LEAN_PATTERNS:
+        for path in tree.glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.name != "partial":
+                path.unlink()
+    place_bytes(tree / "etc" / "machine-id", b"", 0o444)
+
+
+def clamp_times(tree: Path, epoch: int) -> None:
+    """Every file time at or before the epoch, so content alone decides the image."""
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in filenames + dirnames:
+            path = os.path.join(dirpath, name)
+            if os.lstat(path).st_mtime > epoch:
+                os.utime(path, (epoch, epoch), follow_symlinks=False)
+    os.utime(tree, (epoch, epoch))
+
+
+def installed_packages(tree: Path) -> dict[str, str]:
+    """Package -> version, read from dpkg's status file."""
+    packages, name, version, installed = {}, None, None, False
+    for line in (tree / "var/lib/dpkg/status").read_text(errors="replace").splitlines() + [""]:
+        if line.startswith("Package: "):
+            name = line.split(": ", 1)[1]
+        elif line.startswith("Version: "):
+            version = line.split(": ", 1)[1]
+        elif line.startswith("Status: "):
+            installed = line.endswith(" installed")
+        elif not line:
+            if name and version and installed:
+                packages[name] = version
+            name, version, installed = None, None, False
+    return dict(sorted(packages.items()))

@@ -1,0 +1,41 @@
+"""The root file system's mmdebstrap command and cache key, for both distros (nothing is downloaded)."""
+
+from pathlib import Path
+
+import pytest
+
+from clusteros import rootfs
+from clusteros.spec import check_spec_data, rootfs_view
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def view(text: str) -> dict:
+    return rootfs_view(check_spec_data(f"cluster: {{name: lab}}\n{text}".encode(), "t", ROOT))
+
+
+@pytest.mark.parametrize("distro,suite,mirror,keyring,components,kernel", [
+    ("debian", "bookworm", "http://deb.debian.org/debian", "debian-archive-keyring.gpg", "main", "linux-image-amd64"),
+    ("ubuntu", "noble", "http://archive.ubuntu.com/ubuntu", "ubuntu-archive-keyring.gpg", "main,universe",
+     "linux-image-generic"),
+])
+def test_the_command_names_the_distros_archive_keyring_and_packages(distro, suite, mirror, keyring, components,
+                                                                    kernel, tmp_path):
+    v = view(f"image: {{distro: {distro}, packages: [htop]}}\n")
+    argv = rootfs.mmdebstrap_command(v, tmp_path / "out.tar", tmp_path / "debs")
+    assert argv[0] == "mmdebstrap" and argv[-3:] == [suite, str(tmp_path / "out.tar"), mirror]
+    assert f"--keyring=/usr/share/keyrings/{keyring}" in argv
+    assert f"--components={components}" in argv and "--architectures=amd64" in argv
+    included = next(a for a in argv if a.startswith("--include=")).removeprefix("--include=").split(",")
+    assert {"htop", kernel, "systemd", "openssh-server", "wireguard-tools", "slurmd"} <= set(included)
+    assert included == sorted(set(included)), "sorted and without repeats"
+    assert "--dpkgopt=path-exclude=/usr/share/man/*" in argv
+    assert f"--setup-hook=sync-in {tmp_path / 'debs'} /var/cache/apt/archives/" in argv
+
+
+def test_the_cache_key_is_the_inputs_and_nothing_else():
+    base = view("")
+    assert rootfs.cache_key(base) == rootfs.cache_key(view("vm: {memory: 4096}\n"))
+    assert rootfs.cache_key(base) != rootfs.cache_key(view("image: {packages: [htop]}\n"))
+    assert rootfs.cache_key(base) != rootfs.cache_key(view("image: {mirror: 'http://mirror.example/debian'}\n"))
+    assert rootfs.rootfs_path(base).name == f"rootfs-debian-bookworm-{rootfs.cache_key(base)}.tar"
