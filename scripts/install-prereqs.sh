@@ -16,6 +16,7 @@ packages=(
     qemu-system-x86 vde2 seabios ovmf         # test_vm
     packer                                    # image.builder: packer
     xorriso cpio busybox-static ipxe-qemu     # iso, usb, pxe (and booting them in tests)
+    shellcheck                                # the tests lint every shell script
 )
 # Ubuntu's archive keyring lets a host build Ubuntu images (image.distro: ubuntu).
 # Debian 12's archive does not carry it; `clusteros doctor` says so when it is needed.

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from clusteros import installer
+from clusteros.installer import initramfs, payload, settings
 
 MIB = 1024 * 1024
 
@@ -21,7 +21,7 @@ def sparse_file(path, size, data_at):
 def test_extents_are_the_data_of_a_sparse_file_with_close_holes_merged(tmp_path):
     raw = sparse_file(tmp_path / "disk.raw", 64 * MIB,
                       [(0, 4096), (512 * 1024, 4096), (10 * MIB, 2 * MIB), (40 * MIB, 4096)])
-    extents = installer.data_extents(raw)
+    extents = payload.data_extents(raw)
     # 0 and 512 KiB are less than 1 MiB apart: one extent, the hole between written as zeros.
     assert extents[0][0] == 0 and extents[0][1] >= 512 * 1024 + 4096
     assert [e[0] for e in extents[1:]] == [10 * MIB, 40 * MIB]
@@ -29,26 +29,26 @@ def test_extents_are_the_data_of_a_sparse_file_with_close_holes_merged(tmp_path)
 
 
 def test_a_file_without_data_has_no_extents(tmp_path):
-    assert installer.data_extents(sparse_file(tmp_path / "empty.raw", 8 * MIB, [])) == []
+    assert payload.data_extents(sparse_file(tmp_path / "empty.raw", 8 * MIB, [])) == []
 
 
 def test_payload_packs_the_extents_and_hashes_each(tmp_path):
     import gzip
     import hashlib
     raw = sparse_file(tmp_path / "disk.raw", 32 * MIB, [(0, 4096), (20 * MIB, 8192)])
-    installer.build_payload(raw, tmp_path / "data.gz", tmp_path / "payload.json")
-    payload = installer.load_payload(tmp_path / "payload.json")
+    payload.build_payload(raw, tmp_path / "data.gz", tmp_path / "payload.json")
+    packed = payload.load_payload(tmp_path / "payload.json")
     data = gzip.decompress((tmp_path / "data.gz").read_bytes())
-    assert len(data) == payload.data_bytes == sum(e.length for e in payload.extents)
+    assert len(data) == packed.data_bytes == sum(e.length for e in packed.extents)
     with open(raw, "rb") as f:
-        for extent in payload.extents:
+        for extent in packed.extents:
             f.seek(extent.offset)
             assert hashlib.sha256(f.read(extent.length)).hexdigest() == extent.sha256
-    assert installer.render_map(payload.extents).splitlines()[0] == f"0 {payload.extents[0].length} {payload.extents[0].sha256}"
+    assert payload.render_map(packed.extents).splitlines()[0] == f"0 {packed.extents[0].length} {packed.extents[0].sha256}"
 
 
-def payload():
-    return installer.Payload(None, (installer.Extent(0, 4096, "a" * 64), installer.Extent(MIB, 8192, "b" * 64)),
+def a_payload():
+    return payload.Payload(None, (payload.Extent(0, 4096, "a" * 64), payload.Extent(MIB, 8192, "b" * 64)),
                              "c" * 64)
 
 
@@ -57,29 +57,29 @@ MANIFEST = {"name": "lab", "disk": {"root_fs_uuid": "975bd3d4-28d6-5004-983e-edb
 
 
 def test_config_follows_the_spec():
-    config = installer.installer_config({"unattended": True, "target": "/dev/sdb", "on_done": "poweroff"},
-                                        MANIFEST, payload())
+    config = settings.installer_config({"unattended": True, "target": "/dev/sdb", "on_done": "poweroff"},
+                                        MANIFEST, a_payload())
     assert config["INSTALL"] == "auto" and config["TARGET"] == "/dev/sdb" and config["ON_DONE"] == "poweroff"
     assert config["IMAGE_BYTES"] == str(4 * 2**30) and config["DATA_BYTES"] == str(4096 + 8192)
     assert config["MEDIUM_ID"] == "clusteros-" + "c" * 16
-    asked = installer.installer_config({"unattended": False, "target": "auto", "on_done": "reboot"}, MANIFEST, payload())
+    asked = settings.installer_config({"unattended": False, "target": "auto", "on_done": "reboot"}, MANIFEST, a_payload())
     assert asked["INSTALL"] == "ask"
 
 
 def test_config_is_valid_shell_even_for_odd_values(tmp_path):
-    config = installer.installer_config({"unattended": False, "target": "auto", "on_done": "reboot"},
-                                        {**MANIFEST, "name": "it's $(reboot)"}, payload())
+    config = settings.installer_config({"unattended": False, "target": "auto", "on_done": "reboot"},
+                                        {**MANIFEST, "name": "it's $(reboot)"}, a_payload())
     conf = tmp_path / "installer.conf"
-    conf.write_text(installer.render_config(config))
+    conf.write_text(settings.render_config(config))
     out = subprocess.run(["sh", "-c", '. "$0"; echo "$IMAGE_NAME"', str(conf)], capture_output=True, text=True)
     assert out.stdout == "it's $(reboot)\n"
 
 
 @pytest.mark.parametrize("unattended", [True, False])
 def test_the_boot_menu_starts_with_what_the_spec_asks(unattended):
-    config = installer.installer_config({"unattended": unattended, "target": "auto", "on_done": "reboot"},
-                                        MANIFEST, payload())
-    menu = installer.grub_config("lab", config)
+    config = settings.installer_config({"unattended": unattended, "target": "auto", "on_done": "reboot"},
+                                        MANIFEST, a_payload())
+    menu = settings.grub_config("lab", config)
     first = menu[menu.index("menuentry"):].splitlines()
     assert ("unattended" in first[0]) == unattended
     assert f"clusteros.install={'auto' if unattended else 'ask'}" in first[1]
@@ -88,8 +88,8 @@ def test_the_boot_menu_starts_with_what_the_spec_asks(unattended):
 
 
 def test_ipxe_script_loads_relative_to_itself_and_names_the_image():
-    config = installer.installer_config({"unattended": True, "target": "auto", "on_done": "reboot"}, MANIFEST, payload())
-    script = installer.ipxe_script("lab", config)
+    config = settings.installer_config({"unattended": True, "target": "auto", "on_done": "reboot"}, MANIFEST, a_payload())
+    script = settings.ipxe_script("lab", config)
     assert script.startswith("#!ipxe\n")
     assert "kernel vmlinuz " in script and "initrd initrd.img" in script
     assert "clusteros.image=${image-url}" in script and "tftp://${next-server}/image.data.gz" in script
@@ -105,6 +105,6 @@ def test_module_closure_brings_dependencies_and_leaves_out_the_rest():
         "kernel/drivers/scsi/lpfc/lpfc.ko: kernel/drivers/scsi/scsi_transport_fc.ko",
         "kernel/sound/core/snd.ko:",
     ])
-    assert installer.module_closure(modules_dep) == {
+    assert initramfs.module_closure(modules_dep) == {
         "kernel/drivers/net/virtio_net.ko", "kernel/drivers/net/net_failover.ko", "kernel/net/core/failover.ko",
         "kernel/drivers/ata/ahci.ko", "kernel/drivers/ata/libahci.ko"}

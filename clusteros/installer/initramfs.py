@@ -1,0 +1,115 @@
+"""The installer's kernel and initramfs: the image's own kernel, its storage and network drivers,
+static busybox and /init."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+from clusteros import runner
+from clusteros.installer import InstallerError, installer_files
+from clusteros.installer.payload import Payload, render_map
+from clusteros.installer.settings import render_config
+
+BUSYBOX = Path("/bin/busybox")      # busybox-static: one static binary, runs in any initramfs
+
+# Drivers for the disks an installer writes to, the media it boots from, and the
+# NICs PXE uses; each module's dependencies come along from modules.dep.
+MODULE_PREFIXES = (
+    "kernel/drivers/ata/", "kernel/drivers/scsi/", "kernel/drivers/nvme/", "kernel/drivers/block/",
+    "kernel/drivers/cdrom/", "kernel/drivers/usb/storage/", "kernel/drivers/usb/host/", "kernel/drivers/mmc/",
+    "kernel/drivers/virtio/", "kernel/drivers/net/virtio_net.ko", "kernel/drivers/net/ethernet/intel/",
+    "kernel/drivers/net/ethernet/realtek/", "kernel/drivers/net/ethernet/broadcom/", "kernel/fs/isofs/",
+    "kernel/fs/ext4/", "kernel/crypto/crc32c_generic.ko",      # running from RAM mounts the image's root
+)
+# Large and never needed to write a disk.
+MODULE_EXCLUDES = ("kernel/drivers/scsi/lpfc/", "kernel/drivers/scsi/qla2xxx/", "kernel/drivers/scsi/mpt3sas/",
+                   "kernel/drivers/scsi/be2iscsi/", "kernel/drivers/scsi/bfa/", "kernel/drivers/scsi/qedf/",
+                   "kernel/drivers/scsi/qedi/", "kernel/drivers/scsi/fcoe/", "kernel/drivers/scsi/libfc/",
+                   "kernel/drivers/scsi/cxgbi/", "kernel/drivers/scsi/smartpqi/", "kernel/drivers/scsi/megaraid/")
+
+
+def _versions(names: list[str]) -> list[str]:
+    return sorted({n.split("/")[3] for n in names if n.startswith("usr/lib/modules/") and n.count("/") >= 4})
+
+
+def module_closure(modules_dep: str, prefixes=MODULE_PREFIXES, excludes=MODULE_EXCLUDES) -> set[str]:
+    """Modules under `prefixes` (minus `excludes`), plus everything they depend on."""
+    depends: dict[str, list[str]] = {}
+    for line in modules_dep.splitlines():
+        module, _, deps = line.partition(":")
+        depends[module] = deps.split()
+    wanted = [m for m in depends if m.startswith(prefixes) and not m.startswith(excludes)]
+    closure: set[str] = set()
+    while wanted:
+        module = wanted.pop()
+        if module not in closure:
+            closure.add(module)
+            wanted += depends.get(module, [])
+    return closure
+
+
+def extract_kernel(rootfs_tar: Path, staging: Path) -> tuple[Path, str]:
+    """The image's kernel to staging/vmlinuz and the installer's modules under staging/initramfs."""
+    with tarfile.open(rootfs_tar) as tar:
+        members = {m.name.removeprefix("./"): m for m in tar}
+        versions = _versions(list(members))
+        kernels = [v for v in versions if f"boot/vmlinuz-{v}" in members]
+        if not kernels:
+            raise InstallerError(f"{rootfs_tar.name} has no kernel (boot/vmlinuz-*)",
+                                 fix="keep linux-image-amd64 (or -generic) in the image's package list")
+        version = kernels[-1]
+        base = f"usr/lib/modules/{version}/"
+        kernel = staging / "vmlinuz"
+        kernel.write_bytes(tar.extractfile(members[f"boot/vmlinuz-{version}"]).read())
+        modules = module_closure(tar.extractfile(members[base + "modules.dep"]).read().decode())
+        target = staging / "initramfs" / "lib" / "modules" / version
+        for name in sorted(modules | {"modules.order", "modules.builtin", "modules.builtin.modinfo"}):
+            member = members.get(base + name)
+            if member is None or not member.isfile():
+                continue
+            out = target / name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(tar.extractfile(member).read())
+    # busybox depmod writes the modules.dep and modules.alias that busybox modprobe reads at boot.
+    runner.run("initramfs", [BUSYBOX, "depmod", "-b", staging / "initramfs", version])
+    return kernel, version
+
+
+def build_initramfs(tree: Path, config: dict[str, str], extent_map: str, out: Path) -> None:
+    """Busybox, /init, its config and the image's extent map in `tree` (modules already there)
+    -> a gzipped newc cpio at `out`."""
+    if not BUSYBOX.exists():
+        raise InstallerError(f"{BUSYBOX} not found: the installer needs a static busybox",
+                             fix="apt-get install busybox-static (or run scripts/install-prereqs.sh)")
+    (tree / "bin").mkdir(parents=True, exist_ok=True)
+    (tree / "etc").mkdir(exist_ok=True)
+    shutil.copy2(BUSYBOX, tree / "bin" / "busybox")
+    (tree / "bin" / "sh").symlink_to("busybox")   # for /init's #!; it installs the other applets
+    shutil.copy2(installer_files() / "init", tree / "init")
+    shutil.copy2(installer_files() / "udhcpc.script", tree / "etc" / "udhcpc.script")
+    (tree / "etc" / "installer.conf").write_text(render_config(config))
+    (tree / "etc" / "image.map").write_text(extent_map)
+    for path in [tree, *tree.rglob("*")]:
+        os.utime(path, (0, 0), follow_symlinks=False)
+    listing = tree.parent / "initramfs.list"
+    listing.write_text("".join(f"{p.relative_to(tree)}\n" for p in sorted(tree.rglob("*"))))
+    archive = out.with_suffix(".cpio")
+    runner.run("initramfs", ["cpio", "--create", "--format=newc", "--reproducible", "--quiet", "--owner=0:0"],
+               cwd=tree, stdin=listing, stdout=archive)
+    with open(archive, "rb") as src, open(out, "wb") as dst, gzip.GzipFile(fileobj=dst, mode="wb", mtime=0) as gz:
+        shutil.copyfileobj(src, gz, 4 * 1024 * 1024)
+    archive.unlink()
+
+
+def prepare_boot_files(work: Path, rootfs_tar: Path, config: dict[str, str], payload: Payload) -> tuple[Path, Path]:
+    """The image's kernel and the installer initramfs, in `work`."""
+    runner.say("installer", f"kernel and drivers from {rootfs_tar.name}")
+    kernel, version = extract_kernel(rootfs_tar, work)
+    initrd = work / "initrd.img"
+    build_initramfs(work / "initramfs", config, render_map(payload.extents), initrd)
+    runner.say("installer", f"initramfs: kernel {version}, {initrd.stat().st_size / 2**20:.1f} MiB")
+    return kernel, initrd

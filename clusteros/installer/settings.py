@@ -1,0 +1,107 @@
+"""What the installer's /init is told, and the boot menus that start it (GRUB, iPXE, dnsmasq)."""
+
+from __future__ import annotations
+
+import shlex
+
+from clusteros.installer.payload import Payload
+
+CONSOLES = "console=ttyS0,115200n8 console=tty0"   # the last one reads the keyboard: tty0
+
+
+def installer_config(installer: dict, manifest: dict, payload: "Payload") -> dict[str, str]:
+    """The settings /init reads, from the spec's `installer` section, the manifest and the payload."""
+    return {
+        "IMAGE_NAME": manifest["name"],
+        "IMAGE_BYTES": str(manifest["outputs"]["raw"]["bytes"]),
+        "ROOT_FS_UUID": manifest["disk"]["root_fs_uuid"],
+        "DATA_BYTES": str(payload.data_bytes),
+        "DATA_GZ_SHA256": payload.gz_sha256,
+        "MEDIUM_ID": medium_id(payload.gz_sha256),
+        "INSTALL": "auto" if installer["unattended"] else "ask",
+        "TARGET": installer["target"],
+        "ON_DONE": installer["on_done"],
+        "IMAGE_URL": "",
+    }
+
+
+def medium_id(gz_sha256: str) -> str:
+    """Names the installer medium that carries this image; /init looks for it among the disks."""
+    return f"clusteros-{gz_sha256[:16]}"
+
+
+def render_config(config: dict[str, str]) -> str:
+    return "# Made by `doit iso/usb/pxe` from cluster.yaml; clusteros.* kernel options override it.\n" + \
+        "".join(f"{key}={shlex.quote(value)}\n" for key, value in config.items())
+
+
+def grub_config(name: str, config: dict[str, str]) -> str:
+    """The ISO's boot menu: the spec's choice first; the others a keypress away."""
+    asked = "asks before erasing a disk"
+    auto = f"unattended: erases {'the only empty disk' if config['TARGET'] == 'auto' else config['TARGET']}"
+    entries = [("ask", f"Install {name} ({asked})", CONSOLES),
+               ("auto", f"Install {name} ({auto})", CONSOLES),
+               ("ask", f"Install {name} on the serial console ({asked})", "console=tty0 console=ttyS0,115200n8"),
+               ("ram", f"Run {name} from RAM (no disk is touched)", CONSOLES)]
+    if config["INSTALL"] == "auto":
+        entries[0], entries[1] = entries[1], entries[0]
+    lines = [
+        "# Made by `doit iso` from cluster.yaml.",
+        "serial --unit=0 --speed=115200",
+        "terminal_input console serial",
+        "terminal_output console serial",
+        "set default=0",
+        f"set timeout={3 if config['INSTALL'] == 'auto' else 10}",
+        "",
+    ]
+    for mode, title, consoles in entries:
+        lines += [f'menuentry "{title}" {{',
+                  f"    linux /boot/vmlinuz {consoles} quiet clusteros.install={mode}",
+                  "    initrd /boot/initrd.img",
+                  "}"]
+    return "\n".join(lines) + "\n"
+
+
+def ipxe_script(name: str, config: dict[str, str]) -> str:
+    """PXE menu: install to the disk, unattended or asking. vmlinuz and initrd.img load relative
+    to the script; the installer fetches the image itself, from the TFTP server by default."""
+    return "\n".join([
+        "#!ipxe",
+        f"# {name}: made by `doit pxe`. Serve this directory over TFTP (see dnsmasq.conf.example).",
+        "# Over HTTP instead (much faster): set image-url http://<server>/<path>/image.data.gz",
+        "set image-url tftp://${next-server}/image.data.gz",
+        f"set install {config['INSTALL']}",
+        f"menu ClusterOS {name}",
+        f"item install Install to disk (mode ${{install}}, target {config['TARGET']})",
+        "item ask Install to disk, asking before erasing",
+        "item ram Run from RAM (no disk is touched; needs the image's data size + 512 MiB of memory)",
+        "item shell iPXE shell",
+        "choose --default install --timeout 5000 choice || goto install",
+        "goto ${choice}",
+        ":ram",
+        "set install ram",
+        "goto install",
+        ":ask",
+        "set install ask",
+        ":install",
+        f"kernel vmlinuz {CONSOLES} quiet clusteros.install=${{install}} clusteros.image=${{image-url}}",
+        "initrd initrd.img",
+        "boot",
+        ":shell",
+        "shell",
+    ]) + "\n"
+
+
+def dnsmasq_example(name: str) -> str:
+    return f"""# dnsmasq: PXE-boot {name} nodes from this directory (a sketch: set your interface and range).
+interface=eth0
+dhcp-range=10.42.0.100,10.42.0.200,12h
+enable-tftp
+tftp-root=/srv/clusteros/pxe
+# Plain PXE ROMs chain-load iPXE first; iPXE (it sends user class iPXE) gets the menu.
+dhcp-userclass=set:ipxe,iPXE
+dhcp-match=set:efi64,option:client-arch,7
+dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe
+dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi
+dhcp-boot=tag:ipxe,boot.ipxe
+"""

@@ -1,0 +1,127 @@
+"""The installer's /init, sourced by busybox sh (as in the initramfs) on a made-up machine.
+
+SYS and DEV point at a folder with block devices as plain files, so the disk
+choice and the prompts run for real without touching a disk of this machine.
+"""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+INIT = ROOT / "images" / "installer" / "init"
+MIB = 1024 * 1024
+pytestmark = pytest.mark.needs("/bin/busybox")
+
+
+class Machine:
+    def __init__(self, root: Path):
+        self.root = root
+        (root / "sys" / "block").mkdir(parents=True)
+        (root / "dev").mkdir()
+
+    def disk(self, name: str, mib: int, model: str = "QEMU HARDDISK", data_at: tuple[int, ...] = ()) -> None:
+        block = self.root / "sys" / "block" / name
+        (block / "device").mkdir(parents=True)
+        (block / "size").write_text(f"{mib * MIB // 512}\n")
+        (block / "device" / "model").write_text(model + "   \n")
+        with open(self.root / "dev" / name, "wb") as f:
+            f.truncate(mib * MIB)
+            for offset in data_at:
+                f.seek(offset)
+                f.write(b"data")
+
+    def run(self, script: str, answers: str = "") -> subprocess.CompletedProcess:
+        """Source /init with the console and power-off replaced, then run `script`."""
+        prelude = (f"SYS={self.root}/sys DEV={self.root}/dev LOG={self.root}/log CLUSTEROS_INIT_SOURCED=1\n"
+                   f". {INIT}\n"
+                   "say() { echo \"$*\"; }\n"
+                   "finish() { echo \"FINISH $1\"; exit 3; }\n"
+                   "INSTALL=${INSTALL:-auto} TARGET=${TARGET:-auto} IMAGE_NAME=lab\n")
+        return subprocess.run(["/bin/busybox", "sh", "-c", prelude + script], input=answers, capture_output=True,
+                              text=True, timeout=30)
+
+
+@pytest.fixture
+def machine(tmp_path):
+    return Machine(tmp_path)
+
+
+def test_candidates_leave_out_the_installers_own_disk_and_devices_that_are_not_disks(machine):
+    for name in ("vda", "vdb", "loop0", "ram0", "sr0"):
+        machine.disk(name, 8)
+    machine.disk("vdc", 0)
+    out = machine.run("MEDIUM_DISK=vdb; candidate_disks")
+    assert out.stdout.split() == ["vda"]
+
+
+def test_a_disk_with_data_at_either_end_is_not_empty(machine):
+    machine.disk("vda", 8)
+    machine.disk("vdb", 8, data_at=(0,))
+    machine.disk("vdc", 8, data_at=(8 * MIB - 512,))   # a backup GPT lives there
+    out = machine.run("for d in vda vdb vdc; do is_empty $d && echo $d empty || echo $d data; done")
+    assert out.stdout.split("\n")[:3] == ["vda empty", "vdb data", "vdc data"]
+
+
+def test_unattended_auto_takes_the_only_empty_disk(machine):
+    machine.disk("vda", 8, data_at=(0,))
+    machine.disk("vdb", 8)
+    out = machine.run("choose_target_unattended; echo TARGET=$TARGET_DISK")
+    assert "TARGET=vdb" in out.stdout
+
+
+@pytest.mark.parametrize("disks,message", [
+    ({"vda": (), "vdb": ()}, "more than one empty disk ( vda vdb )"),
+    ({"vda": (0,)}, "no empty disk here"),
+])
+def test_unattended_auto_refuses_when_the_choice_is_not_clear(machine, disks, message):
+    for name, data in disks.items():
+        machine.disk(name, 8, data_at=data)
+    out = machine.run("choose_target_unattended; echo TARGET=$TARGET_DISK")
+    assert message in out.stdout and "FINISH poweroff" in out.stdout and "TARGET=" not in out.stdout
+
+
+def test_an_explicit_target_may_not_be_the_installers_own_disk(machine):
+    machine.disk("vda", 8)
+    out = machine.run("TARGET=/dev/vda MEDIUM_DISK=vda; choose_target_unattended; echo TARGET=$TARGET_DISK")
+    assert "is the disk this installer runs from" in out.stdout and "TARGET=" not in out.stdout
+
+
+def test_asking_takes_a_listed_disk_after_yes(machine):
+    machine.disk("vda", 8, model="Samsung SSD")
+    out = machine.run("INSTALL=ask; choose_target_asking; echo TARGET=$TARGET_DISK", answers="vda\nyes\n")
+    assert "ALL DATA on /dev/vda (8 MiB Samsung SSD) will be erased." in out.stdout
+    assert "TARGET=vda" in out.stdout
+
+
+@pytest.mark.parametrize("answers,expected", [
+    ("\n", "Cancelled: nothing was written."),
+    ("vda\nno\n", "Cancelled: nothing was written."),
+    ("vd.\n", "'vd.' is not one of the disks listed"),     # matched literally, not as a pattern
+    ("/dev/vdz\n", "'vdz' is not one of the disks listed"),
+])
+def test_asking_writes_nothing_without_a_listed_disk_and_a_yes(machine, answers, expected):
+    machine.disk("vda", 8)
+    out = machine.run("INSTALL=auto; choose_target_asking; echo TARGET=$TARGET_DISK", answers=answers)
+    assert expected in out.stdout and "TARGET=" not in out.stdout
+    assert "FINISH poweroff" in out.stdout
+
+
+def test_the_list_shows_size_model_and_state(machine):
+    machine.disk("vda", 8, model="QEMU HARDDISK")
+    machine.disk("vdb", 16, data_at=(0,))
+    out = machine.run("MEDIUM_DISK=; list_disks")
+    assert "/dev/vda  8 MiB  QEMU HARDDISK  (empty)" in out.stdout
+    assert "/dev/vdb  16 MiB  QEMU HARDDISK  (has data)" in out.stdout
+
+
+@pytest.mark.needs("shellcheck")
+def test_every_shell_script_passes_shellcheck():
+    scripts = [INIT, ROOT / "images/installer/udhcpc.script", ROOT / "images/common/provision.sh",
+               ROOT / "images/common/overlay/usr/local/sbin/clusteros-growroot",
+               ROOT / "images/common/overlay/usr/local/bin/clusteros-node", ROOT / "scripts/install-prereqs.sh",
+               ROOT / ".ci/run"]
+    out = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout
+
