@@ -1,8 +1,10 @@
 """ClusterOS build graph. `doit list` shows the tasks; each lives in tasks/."""
 
 from clusteros import paths
-from tasks import *  # noqa: F401,F403  (doit collects the task_* functions)
+from tasks import TASKS
 from tasks.reporter import Reporter
+
+globals().update(TASKS)
 
 # doit opens its state database before any task runs: its folder must exist.
 paths.doit_db().parent.mkdir(parents=True, exist_ok=True)

@@ -1,46 +1,48 @@
-"""image, raw, gz: the node image and its conversions."""
+"""image, raw, gz (and k3s, packer_iso, image_base): the node image and its conversions."""
 
 from doit.tools import config_changed
 
-from clusteros import accel, convert, download, image, k3s, packer, paths, rootfs, secrets
+from clusteros import accel, convert, customize, image, packer, rootfs, secrets
 from clusteros.spec import image_view, node_view, rootfs_view
+from tasks.code import code_deps
 from tasks.context import dist, node_pyz, spec
 
-IMAGE_CODE = ["image.py", "disk.py"]
+
+def _k3s_binary(s: dict):
+    from clusteros import k3s   # imports requests: only where a download can happen
+    return k3s.binary(s)
 
 
-def _image_inputs(s: dict) -> dict:
-    """What the disk's identity (UUIDs) is derived from: the same inputs give the same disk."""
-    return {"rootfs": rootfs.rootfs_path(rootfs_view(s)).name, "spec": image_view(s)}
+def image_inputs(s: dict, *, native: bool = True) -> image.ImageInputs:
+    """The spec's image, as the value every builder takes."""
+    binary = _k3s_binary(s)
+    key = secrets.test_key_path(s).with_suffix(".pub")
+    view = rootfs_view(s)
+    return image.ImageInputs(
+        name=s["cluster"]["name"], image=s["image"], node_spec=node_view(s), agent_pyz=node_pyz(),
+        secret=secrets.cluster_secret_path(s),
+        default_keys=(key.read_text().strip(),) if key.exists() else (),
+        rootfs_tar=rootfs.rootfs_path(view) if native else None,
+        k3s_binary=binary.cache_path if binary is not None else None,
+        spec_inputs={"rootfs": rootfs.rootfs_path(view).name, "spec": image_view(s)})
 
 
-def task_k3s():
-    """Fetch the K3s binary the spec names (a release, a url or a file), checked against its sha256."""
-    binary = k3s.binary(spec())
-    if binary is None:
-        return {"actions": [], "uptodate": [True], "doc": "K3s is disabled in the spec"}
-    def fetch():
-        binary.fetch()   # doit actions return None, not the path
-    return {"actions": [fetch], "targets": [binary.cache_path], "uptodate": [True]}
+def _input_files(inputs: image.ImageInputs) -> list:
+    files = [inputs.agent_pyz, inputs.secret, secrets.test_key_path(spec()).with_suffix(".pub"),
+             inputs.rootfs_tar, inputs.k3s_binary]
+    return [f for f in files if f is not None] + customize.overlay_files(inputs.distro)
+
+
+def _build_native(qcow2, manifest) -> None:
+    # Made at run time: the test key and the K3s binary exist only once their tasks have run.
+    image.build_image(image_inputs(spec()), qcow2, manifest)
 
 
 def _native(s: dict, qcow2, manifest) -> dict:
     """The native build of `qcow2`: the image itself, or the base Packer starts from."""
-    view = rootfs_view(s)
-    key = secrets.test_key_path(s)
-    deps = {
-        "rootfs_tar": rootfs.rootfs_path(view),
-        "agent_pyz": node_pyz(),
-        "secret": secrets.cluster_secret_path(s),
-        "test_pubkey": key.with_suffix(".pub"),
-    }
-    if (binary := k3s.binary(s)) is not None:
-        deps["k3s_binary"] = binary.cache_path
     return {
-        "actions": [(image.build_image, [], dict(
-            spec=s, node_spec=node_view(s), qcow2=qcow2, manifest=manifest, inputs=_image_inputs(s), **deps))],
-        "file_dep": list(deps.values()) + image.overlay_files(s["image"]["distro"])
-                    + [paths.PROJECT_ROOT / "clusteros" / f for f in IMAGE_CODE],
+        "actions": [(_build_native, [qcow2, manifest])],
+        "file_dep": _input_files(image_inputs(s)) + list(code_deps("clusteros.image")),
         "task_dep": ["validate"],
         "targets": [qcow2, manifest],
         "uptodate": [config_changed(image_view(s))],
@@ -48,16 +50,12 @@ def _native(s: dict, qcow2, manifest) -> dict:
     }
 
 
-def _packer_build(s: dict) -> None:
-    packer.build(spec=s, base_qcow2=dist("-base.qcow2"), base_manifest=dist("-base.manifest.json"),
-                 ssh_key=secrets.test_key_path(s), accel=accel.choose(s["vm"]["accel"]).name,
-                 qcow2=dist(".qcow2"), manifest=dist(".manifest.json"))
-
-
-def _packer_iso_build(s: dict, **files) -> None:
-    packer.build_from_iso(spec=s, node_spec=node_view(s), ssh_key=secrets.test_key_path(s),
-                          accel=accel.choose(s["vm"]["accel"]).name, qcow2=dist(".qcow2"),
-                          manifest=dist(".manifest.json"), **files)
+def task_k3s():
+    """Fetch the K3s binary the spec names (a release, a url or a file), checked against its sha256."""
+    binary = _k3s_binary(spec())
+    if binary is None:
+        return {"actions": [], "uptodate": [True], "doc": "K3s is disabled in the spec"}
+    return {"actions": [lambda: binary.fetch() and None], "targets": [binary.cache_path], "uptodate": [True]}
 
 
 def task_packer_iso():
@@ -65,15 +63,11 @@ def task_packer_iso():
     s = spec()
     if not packer.iso_base(s):
         return {"actions": [], "uptodate": [True], "doc": "only used with image.packer.base: iso"}
-    url, sha = s["image"]["packer"]["iso_url"], s["image"]["packer"]["iso_sha256"]
+
     def fetch():
-        download.fetch(url, sha, label="iso")
-    return {"actions": [fetch], "targets": [_installer_iso(s)], "uptodate": [True]}
-
-
-def _installer_iso(s: dict):
-    """Where task_packer_iso leaves the checked ISO."""
-    return download.cache_path(s["image"]["packer"]["iso_url"], s["image"]["packer"]["iso_sha256"])
+        from clusteros import download
+        download.fetch(s["image"]["packer"]["iso_url"], s["image"]["packer"]["iso_sha256"], label="iso")
+    return {"actions": [fetch], "targets": [packer.iso_cache_path(s)], "uptodate": [True]}
 
 
 def task_image_base():
@@ -84,27 +78,25 @@ def task_image_base():
     return _native(s, dist("-base.qcow2"), dist("-base.manifest.json"))
 
 
-def task_image():
-    """Build the bootable node image dist/<name>.qcow2 and its manifest (native, or by Packer)."""
+def _packer_build() -> None:
     s = spec()
-    if s["image"]["builder"] == "native":
-        return _native(s, dist(".qcow2"), dist(".manifest.json"))
-    script = packer.provision_script(s["image"]["distro"])
-    code = [paths.PROJECT_ROOT / "clusteros" / f for f in ("packer.py", "image.py")]
+    common = dict(spec=s, ssh_key=secrets.test_key_path(s), accel=accel.choose(s["vm"]["accel"]).name,
+                  qcow2=dist(".qcow2"), manifest=dist(".manifest.json"))
     if packer.iso_base(s):
-        files = {"iso": _installer_iso(s),
-                 "agent_pyz": node_pyz(), "secret": secrets.cluster_secret_path(s),
-                 "k3s_binary": binary.cache_path if (binary := k3s.binary(s)) else None}
-        action = (_packer_iso_build, [s], files)
-        inputs = [f for f in files.values() if f is not None] + [
-            secrets.test_key_path(s).with_suffix(".pub"), rootfs.package_list_file(s["image"]["distro"])
-        ] + image.overlay_files(s["image"]["distro"])
+        packer.build_from_iso(iso=packer.iso_cache_path(s), inputs=image_inputs(s, native=False), **common)
     else:
-        action = (_packer_build, [s])
+        packer.build(base_qcow2=dist("-base.qcow2"), base_manifest=dist("-base.manifest.json"), **common)
+
+
+def _packer(s: dict) -> dict:
+    if packer.iso_base(s):
+        inputs = _input_files(image_inputs(s, native=False)) + [packer.iso_cache_path(s),
+                                                                rootfs.package_list_file(s["image"]["distro"])]
+    else:
         inputs = [dist("-base.qcow2"), dist("-base.manifest.json")]
     return {
-        "actions": [action],
-        "file_dep": inputs + [script] + code,
+        "actions": [_packer_build],
+        "file_dep": inputs + [packer.provision_script(s["image"]["distro"])] + list(code_deps("clusteros.packer")),
         "task_dep": ["validate"],
         "targets": [dist(".qcow2"), dist(".manifest.json")],
         "uptodate": [config_changed({"image": image_view(s), "vm": {k: s["vm"][k] for k in ("memory", "cpus")}})],
@@ -112,11 +104,17 @@ def task_image():
     }
 
 
+def task_image():
+    """Build the bootable node image dist/<name>.qcow2 and its manifest (native, or by Packer)."""
+    s = spec()
+    return _native(s, dist(".qcow2"), dist(".manifest.json")) if s["image"]["builder"] == "native" else _packer(s)
+
+
 def task_raw():
-    """Convert the image to a sparse raw disk dist/<name>.raw (checked against the manifest)."""
+    """Convert the image to a sparse raw disk dist/<name>.raw (compared with the qcow2 by QEMU)."""
     return {
-        "actions": [(convert.to_raw, [dist(".qcow2"), dist(".manifest.json"), dist(".raw")])],
-        "file_dep": [dist(".qcow2"), dist(".manifest.json")],
+        "actions": [(convert.to_raw, [dist(".qcow2"), dist(".raw")])],
+        "file_dep": [dist(".qcow2"), *code_deps("clusteros.convert")],
         "targets": [dist(".raw")],
         "clean": True,
     }
@@ -126,7 +124,7 @@ def task_gz():
     """Compress the raw disk to dist/<name>.raw.gz with every core."""
     return {
         "actions": [(convert.compress, [dist(".raw"), dist(".raw.gz")])],
-        "file_dep": [dist(".raw")],
+        "file_dep": [dist(".raw"), *code_deps("clusteros.convert")],
         "targets": [dist(".raw.gz"), dist(".raw.gz.sha256")],
         "clean": True,
     }

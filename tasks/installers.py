@@ -7,17 +7,18 @@ file system, the installer's own files or the spec's `installer` section change.
 
 from doit.tools import config_changed
 
-from clusteros import installer, packer, paths, rootfs
+from clusteros import packer, paths, rootfs
+from clusteros.atomic import remove_tree
+from clusteros.installer import InstallerError, installer_files, media, payload, pxe
 from clusteros.spec import rootfs_view
+from tasks.code import code_deps
 from tasks.context import dist, spec
-
-INSTALLER_CODE = paths.PROJECT_ROOT / "clusteros" / "installer.py"
 
 
 def task_payload():
     """The image's data for the installers: dist/<name>.data.gz and its extent map."""
-    return {"actions": [(installer.build_payload, [dist(".raw"), dist(".data.gz"), dist(".payload.json")])],
-            "file_dep": [dist(".raw"), INSTALLER_CODE],
+    return {"actions": [(payload.build_payload, [dist(".raw"), dist(".data.gz"), dist(".payload.json")])],
+            "file_dep": [dist(".raw"), *code_deps("clusteros.installer.payload")],
             "targets": [dist(".data.gz"), dist(".payload.json")], "clean": True}
 
 
@@ -26,45 +27,45 @@ def _inputs(s: dict) -> dict:
             "payload": dist(".payload.json")}
 
 
-def _file_deps(s: dict) -> list:
-    return [*_inputs(s).values(), dist(".data.gz"), *sorted(installer.installer_files().iterdir()), INSTALLER_CODE]
+def _installer(s: dict, builder, module: str, targets: list, **outputs) -> dict:
+    """An installer task, or, with Packer's iso base, one that refuses with the fix."""
+    if packer.iso_base(s):
+        return _unsupported(builder.__name__.removeprefix("build_"))
+    return {"actions": [(builder, [], dict(spec=s, **_inputs(s), **outputs))],
+            "file_dep": [*_inputs(s).values(), dist(".data.gz"), *sorted(installer_files().iterdir()),
+                         *code_deps(module)],
+            "targets": targets,
+            "uptodate": [config_changed({"installer": s["installer"], "name": s["cluster"]["name"]})],
+            "clean": True}
 
 
 def _unsupported(name: str) -> dict:
     """With Packer's iso base, Ubuntu's installer lays out the disk: the installers need ClusterOS's own."""
     def refuse():
-        raise installer.InstallerError(
-            f"{name}: the installers write and check ClusterOS's own disk layout, and image.packer.base: iso "
-            "lets Ubuntu's installer lay out the disk; build with image.packer.base: native (or builder: native)")
+        raise InstallerError(f"{name}: the installers write and check ClusterOS's own disk layout, and "
+                             "image.packer.base: iso lets Ubuntu's installer lay out the disk",
+                             fix="build with image.packer.base: native (or builder: native)")
     return {"actions": [refuse], "uptodate": [False]}
-
-
-def _uptodate(s: dict) -> list:
-    return [config_changed({"installer": s["installer"], "name": s["cluster"]["name"]})]
 
 
 def task_iso():
     """Hybrid installer ISO dist/<name>-installer.iso (BIOS and UEFI, CD and USB)."""
-    s = spec()
-    if packer.iso_base(s):
-        return _unsupported("iso")
-    return {"actions": [(installer.build_iso, [], dict(spec=s, iso=dist("-installer.iso"), **_inputs(s)))],
-            "file_dep": _file_deps(s), "targets": [dist("-installer.iso")], "uptodate": _uptodate(s),
-            "clean": True}
+    return _installer(spec(), media.build_iso, "clusteros.installer.media", [dist("-installer.iso")],
+                      iso=dist("-installer.iso"))
 
 
 def task_usb():
     """USB installer image dist/<name>-usb.img.gz (the hybrid ISO; prints the dd command)."""
-    return {"actions": [(installer.build_usb, [], dict(iso=dist("-installer.iso"), usb_gz=dist("-usb.img.gz")))],
-            "file_dep": [dist("-installer.iso")], "targets": [dist("-usb.img.gz")], "clean": True}
+    return {"actions": [(media.build_usb, [], dict(iso=dist("-installer.iso"), usb_gz=dist("-usb.img.gz")))],
+            "file_dep": [dist("-installer.iso"), *code_deps("clusteros.installer.media")],
+            "targets": [dist("-usb.img.gz")], "clean": True}
 
 
 def task_pxe():
     """PXE set dist/pxe/: kernel, initrd, image data, iPXE script, dnsmasq example."""
-    s = spec()
-    if packer.iso_base(s):
-        return _unsupported("pxe")
     pxe_dir = paths.dist_dir() / "pxe"
-    return {"actions": [(installer.build_pxe, [], dict(spec=s, pxe_dir=pxe_dir, **_inputs(s)))],
-            "file_dep": _file_deps(s), "targets": [pxe_dir / "boot.ipxe", pxe_dir / "initrd.img"],
-            "uptodate": _uptodate(s), "clean": [(installer.remove_tree, [pxe_dir])]}
+    task = _installer(spec(), pxe.build_pxe, "clusteros.installer.pxe", [pxe_dir / "boot.ipxe", pxe_dir / "initrd.img"],
+                      pxe_dir=pxe_dir)
+    if "clean" in task:
+        task["clean"] = [(remove_tree, [pxe_dir])]
+    return task
