@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from clusteros import accel  # noqa: E402
 from clusteros.spec import load_spec  # noqa: E402
 from clusteros.vm import cluster  # noqa: E402
+from clusteros.vm.layout import layout  # noqa: E402
 
 BENCH = ROOT / "dist" / "bench"
 AGENT_SOURCE = ROOT / "node" / "clusteros_node" / "status.py"
@@ -124,17 +125,17 @@ def measure(warm: bool) -> dict:
 
     print("bench: one node, launch to SSH ...", file=sys.stderr)
     doit("vm_clean")
-    results["boot_to_ssh_s"] = round(doit("test_vm", "nodes=1"), 1)
+    results["boot_to_ssh_s"] = round(doit("test_vm", "--nodes", "1"), 1)
     doit("vm_clean")
 
     print("bench: three nodes, launch to srun -N3 ...", file=sys.stderr)
     started = time.monotonic()
     doit("test_vm")
-    first = cluster.layout(spec, 3)[0]
+    first = cluster.node_handle(spec, layout(spec, 3)[0], scale=1.0)
 
     def srun_ok() -> bool:
-        out = cluster.ssh_run(spec, first, ["srun", "-N3", "hostname"], timeout=60)
-        return out.returncode == 0 and len(set(out.stdout.split())) == 3
+        out = first.execute("srun -N3 hostname", timeout=60)
+        return out.status == 0 and len(set(out.stdout.split())) == 3
     until(srun_ok, 900, every=5)
     results["cluster_ready_s"] = round(time.monotonic() - started, 1)
     results["cluster_disk_mb"] = mb(sum(p.stat().st_blocks * 512 for p in (BENCH / "vm").rglob("overlay.qcow2")))

@@ -55,12 +55,16 @@ def e2e_spec_text(mirror: str) -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def e2e_dist(k3s_mirror):
-    """Every e2e test, and every doit it starts, works in dist/e2e/ on the e2e spec."""
+    """Every e2e test, and every doit it starts, works in dist/e2e/ on the e2e spec.
+
+    From the checkout, with dist/e2e given as a relative path: as a user's default dist/ is.
+    """
     DIST.mkdir(parents=True, exist_ok=True)
     spec_file = DIST / "cluster.yaml"
     spec_file.write_text(e2e_spec_text(k3s_mirror))
     patch = pytest.MonkeyPatch()
-    patch.setenv("CLUSTEROS_DIST", str(DIST))
+    patch.chdir(ROOT)
+    patch.setenv("CLUSTEROS_DIST", str(DIST.relative_to(ROOT)))
     patch.setenv("CLUSTEROS_SPEC", str(spec_file))
     patch.delenv("CLUSTEROS_DOIT_DB", raising=False)
     yield DIST

@@ -1,29 +1,36 @@
-"""The 3-node test cluster, launched through doit as a user does."""
+"""The 3-node test cluster, launched through doit as a user does, checked through node handles."""
 
+import json
 import os
 import signal
 import time
 
 import pytest
 
-from clusteros.vm import cluster
+from clusteros.vm import cluster as lifecycle
+from clusteros.vm.checks import ClusterHandle
+from clusteros.vm.layout import VMNode
 
-from .conftest import DIST, doit
+from .conftest import DIST, ROOT, doit
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def running(image, spec):
+def running(image, spec) -> ClusterHandle:
     doit("test_vm", timeout=1500)
-    yield spec
+    yield ClusterHandle(spec, lifecycle.running_nodes(spec))
     out = doit("vm_clean", check=False)
     assert out.returncode == 0
 
 
 def pids() -> dict[str, int]:
-    state = cluster.load_state()
-    return {n["name"]: cluster.machine(cluster.VMNode(**n)).pid() for n in state["nodes"]}
+    state = lifecycle.load_state()
+    return {n["name"]: lifecycle.machine(VMNode(**n)).pid() for n in state["nodes"]}
+
+
+def agent_status(node) -> dict:
+    return json.loads(node.succeed("clusteros-node status --json || true"))
 
 
 def test_status_shows_every_node_running_and_reachable(running):
@@ -33,94 +40,62 @@ def test_status_shows_every_node_running_and_reachable(running):
     assert all(r[1] == "running" and r[2] == "yes" for r in rows[1:]), out.stdout
 
 
-def test_integration_suite_passes(running):
-    doit("test_vm_integration", timeout=600)
-    assert (DIST / "reports" / "integration.xml").exists()
-
-
-def node_sh(spec, number: int, command: str, timeout: float = 90) -> str:
-    node = [cluster.VMNode(**n) for n in cluster.load_state()["nodes"]][number - 1]
-    out = cluster.ssh_run(spec, node, ["sh", "-c", command], timeout=timeout)
-    assert out.returncode == 0, f"node{number}: {command!r} exited {out.returncode}\n{out.stdout}{out.stderr}"
-    return out.stdout.strip()
-
-
-def eventually(check, timeout: float, every: float = 5.0):
-    """Retry `check` until it stops raising AssertionError; the cluster forms by itself, in its own time."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return check()
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(every)
-
-
-def agent_status(spec, number: int) -> dict:
-    import json
-    return json.loads(node_sh(spec, number, "clusteros-node status --json || true"))
-
-
 def test_every_node_lists_three_live_members(running):
-    def check():
-        for number in (1, 2, 3):
-            members = [m["name"] for m in agent_status(running, number)["members"] if m["live"]]
-            assert members == ["node1", "node2", "node3"], (number, members)
-    eventually(check, 180)
+    def three_live():
+        for node in running:
+            members = [m["name"] for m in agent_status(node)["members"] if m["live"]]
+            assert members == ["node1", "node2", "node3"], (node.name, members)
+    running.retry(three_live, 45)
 
 
 def test_wireguard_mesh_has_two_peers_with_recent_handshakes(running):
-    def check():
-        for number in (1, 2, 3):
-            dump = node_sh(running, number, "sudo wg show wg0 dump").splitlines()[1:]
-            assert len(dump) == 2, (number, dump)
-            now = int(node_sh(running, number, "date +%s"))
+    def handshakes():
+        for node in running:
+            dump = node.succeed("sudo wg show wg0 dump").splitlines()[1:]
+            assert len(dump) == 2, (node.name, dump)
+            now = int(node.succeed("date +%s"))
             for peer in dump:
                 handshake = int(peer.split("\t")[4])
-                assert handshake and now - handshake < 120, (number, peer)
-    eventually(check, 180)
-    for number, other in ((1, "10.99.0.2"), (2, "10.99.0.3"), (3, "10.99.0.1")):
-        node_sh(running, number, f"ping -c 1 -W 5 {other}")
+                assert handshake and now - handshake < 120, (node.name, peer)
+    running.retry(handshakes, 45)
+    for node, other in (("node1", "10.99.0.2"), ("node2", "10.99.0.3"), ("node3", "10.99.0.1")):
+        running[node].succeed(f"ping -c 1 -W 5 {other}")
 
 
 def test_sinfo_shows_three_idle_nodes_and_srun_spans_them(running):
-    def idle():
-        lines = node_sh(running, 1, "sinfo --noheader --Node --format='%N %t'").splitlines()
-        assert sorted(lines) == ["node1 idle", "node2 idle", "node3 idle"], lines
-    eventually(idle, 300)
-    names = node_sh(running, 1, "srun -N3 hostname", timeout=120).split()
+    node1 = running["node1"]
+    node1.wait_until_succeeds("test \"$(sinfo --noheader --Node --format='%N %t' | sort | tr '\\n' ' ')\" = "
+                              "'node1 idle node2 idle node3 idle '", timeout=75)
+    names = node1.succeed("srun -N3 hostname", timeout=30).split()
     assert sorted(names) == ["node1", "node2", "node3"]
 
 
-def standin_record(spec, number: int) -> dict:
+def standin_record(node) -> dict:
     """What the K3s stand-in (test/e2e/k3s_standin.py) on that node was started with, and saw."""
-    import json
-    return json.loads(node_sh(spec, number, "cat /run/k3s-standin.json"))
+    return json.loads(node.succeed("cat /run/k3s-standin.json"))
 
 
 def test_k3s_runs_in_each_role_and_the_agents_join_the_server_over_wg0(running):
-    statuses = {number: agent_status(running, number) for number in (1, 2, 3)}
-    controller = next(n for n, s in statuses.items() if s["role"] == "controller")
-    server_ip = statuses[controller]["wg_address"]
-    workers = {n: s["wg_address"] for n, s in statuses.items() if n != controller}
+    statuses = {node.name: agent_status(node) for node in running}
+    controller = running[next(n for n, s in statuses.items() if s["role"] == "controller")]
+    server_ip = statuses[controller.name]["wg_address"]
+    workers = {running[n]: s["wg_address"] for n, s in statuses.items() if n != controller.name}
 
-    def check():
-        for number in (1, 2, 3):
-            assert agent_status(running, number)["k3s"] == "active", number
-        server = standin_record(running, controller)
+    def joined():
+        for node in running:
+            assert agent_status(node)["k3s"] == "active", node.name
+        server = standin_record(controller)
         assert server["mode"] == "server" and server["argv"][server["argv"].index("--node-ip") + 1] == server_ip
         # Each agent came in from its own wg0 address, with the token the server derived on its own.
         assert sorted(server["agents"]) == sorted(workers.values()), server
-        for number, wg_ip in workers.items():
-            agent = standin_record(running, number)
-            assert agent["mode"] == "agent" and agent["answer"] == "welcome", (number, agent)
+        for node, wg_ip in workers.items():
+            agent = standin_record(node)
+            assert agent["mode"] == "agent" and agent["answer"] == "welcome", (node.name, agent)
             argv = agent["argv"]
             assert argv[argv.index("--server") + 1] == f"https://{server_ip}:6443"
             assert argv[argv.index("--node-ip") + 1] == wg_ip and argv[argv.index("--flannel-iface") + 1] == "wg0"
-    eventually(check, 180)
-    out = node_sh(running, controller, "clusteros-node status")
-    assert "k3s: active" in out
+    running.retry(joined, 45)
+    assert "k3s: active" in controller.succeed("clusteros-node status")
 
 
 def test_a_forged_announcement_is_not_a_member(running):
@@ -131,29 +106,22 @@ def test_a_forged_announcement_is_not_a_member(running):
              "k=b'wrong key'*4;"
              "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.setsockopt(socket.SOL_SOCKET,socket.SO_BROADCAST,1);"
              "[s.sendto(b'COS1'+hmac.new(k,p,hashlib.sha256).digest()+p,('10.42.0.255',7946)) for _ in range(3)]")
-    node_sh(running, 3, f'python3 -c "{forge}"')
+    running["node3"].succeed(f'python3 -c "{forge}"')
     time.sleep(5)
-    for number in (1, 2):
-        status = agent_status(running, number)
+    for name in ("node1", "node2"):
+        status = agent_status(running[name])
         assert "intruder" not in [m["name"] for m in status["members"]]
         assert status["dropped_packets"] >= 1
-    assert "dropped a packet from 10.42.0.13: bad MAC" in node_sh(running, 1, "sudo journalctl -u node-agent --no-pager")
+    assert "dropped a packet from 10.42.0.13: bad MAC" in running["node1"].succeed(
+        "sudo journalctl -u node-agent --no-pager")
 
 
 def test_a_node_powered_off_goes_down_in_sinfo_and_returns_to_idle(running):
-    node3 = [cluster.VMNode(**n) for n in cluster.load_state()["nodes"]][2]
-    assert cluster.machine(node3).powerdown(timeout=240), "node3 did not shut down on ACPI power-down"
-
-    def down():
-        state = node_sh(running, 1, "sinfo --noheader --Node --nodes=node3 --format='%t'")
-        assert state.startswith("down") or state in ("idle*", "unk*"), state
-        assert state.startswith("down"), state
-    eventually(down, 240)
+    node1 = running["node1"]
+    assert running["node3"].shutdown(timeout=60), "node3 did not shut down on ACPI power-down"
+    node1.wait_until_succeeds("sinfo --noheader --Node --nodes=node3 --format='%t' | grep -q '^down'", timeout=60)
     doit("test_vm", timeout=900)
-
-    def idle():
-        assert node_sh(running, 1, "sinfo --noheader --Node --nodes=node3 --format='%t'") == "idle"
-    eventually(idle, 300)
+    node1.wait_until_succeeds("test \"$(sinfo --noheader --Node --nodes=node3 --format='%t')\" = idle", timeout=75)
 
 
 def test_second_test_vm_restarts_nothing(running):
@@ -169,7 +137,14 @@ def test_vm_info_names_ports_pids_and_logs(running):
         assert needle in out
 
 
-def test_a_killed_node_shows_down_with_its_log_and_comes_back(running, spec):
+def test_the_running_cluster_belongs_to_its_owner_alone(running):
+    """dist/vm and each node's folder (overlay, console log, sockets) are 0700; the state file 0600."""
+    for folder in [DIST / "vm", *[(DIST / "vm" / name) for name in running.names]]:
+        assert oct(folder.stat().st_mode & 0o777) == "0o700", folder
+    assert oct((DIST / "vm" / "cluster.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_killed_node_shows_down_with_its_log_and_comes_back(running):
     victim = pids()["node2"]
     os.kill(victim, signal.SIGKILL)
     time.sleep(1)
@@ -188,7 +163,30 @@ def test_shell_runs_one_command_and_returns_its_status(running):
     assert main(["shell", "1", "--", "true"]) == 0
     assert main(["shell", "1", "--", "sh", "-c", "exit 7"]) == 7
     assert main(["shell", "1", "--", "sh", "-c", "echo 'two words'; test -n \"$0\""]) == 0
-    assert "node2" in doit("vm_shell", "node=2", "cmd=hostname").stdout
+    assert "node2" in doit("vm_shell", "--node", "2", "--cmd", "hostname").stdout
+
+
+def documented_check() -> str:
+    """The complete check file docs/vm-testing.md shows a user: it must run as shown."""
+    text = (ROOT / "docs" / "vm-testing.md").read_text()
+    return text.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_integration_suite_passes_and_runs_a_users_own_checks(running, tmp_path):
+    checks = tmp_path / "checks"
+    checks.mkdir()
+    (checks / "test_my_cluster.py").write_text(documented_check())
+    (checks / "test_failing.py").write_text("def test_this_one_fails(cluster):\n    cluster[2].succeed('false')\n")
+    out = doit("test_vm_integration", "--tests", str(checks), check=False, timeout=600)
+    assert out.returncode != 0, "a failing check fails the task"
+    results = [line for line in out.stdout.splitlines() if "::" in line and (" PASSED" in line or " FAILED" in line)]
+    built_in = [line for line in results if "test_running_cluster.py" in line]
+    assert built_in and all(" PASSED" in line for line in built_in), "\n".join(built_in)
+    assert (DIST / "reports" / "integration.xml").exists()
+    mine = [line for line in results if "test_my_cluster.py" in line]
+    assert len(mine) == 3 and all(" PASSED" in line for line in mine), "\n".join(mine)
+    assert "test_failing.py::test_this_one_fails FAILED" in out.stdout
+    assert "node2: 'false' exited 1 (expected exit 0)" in out.stdout
 
 
 def test_stop_then_clean_leaves_no_process_socket_or_overlay(running):

@@ -19,33 +19,40 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
-from clusteros import secrets
+from clusteros import accel, secrets
 from clusteros.spec import load_spec
-from clusteros.vm import cluster
+from clusteros.vm import ports, qemu
 from clusteros.vm.machine import Machine
+from clusteros.vm.node import Node, retry
+from clusteros.vm.ssh import SSHTarget
 
 from ..local_http import serve_directory
-from .conftest import DIST, ROOT, doit
+from .conftest import DIST, doit
 
 pytestmark = pytest.mark.e2e
 
-INSTALL_TIMEOUT = 1500
+INSTALL_TIMEOUT = 375    # with KVM; scaled under TCG
 SSH_BASE_PORT = 2290
+ACCEL = accel.choose("auto")
 
 
 @dataclass
 class Install:
     medium: str
-    machine: Machine
+    node: Node
     disk: Path
-    ssh_port: int
+
+
+def handle(machine: Machine, spec: dict, port: int | None = None) -> Node:
+    """A node handle on a test machine (its SSH forward, if it has one, on 127.0.0.1:`port`)."""
+    return Node(machine.name, machine, SSHTarget(port or 0, "admin", secrets.test_key_path(spec)),
+                scale=ACCEL.scale(1.0))
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +84,13 @@ def empty_disk(path: Path, size: str = "6G") -> Path:
 
 def qemu_base(machine: Machine, disk: Path, firmware: str) -> list[str]:
     argv = ["qemu-system-x86_64", "-name", f"{machine.name},process=clusteros-test-{machine.name}",
-            "-machine", "q35", "-accel", "tcg", "-m", "1024", "-smp", "1",
+            "-machine", "q35", *ACCEL.qemu_args, "-m", "1024", "-smp", "1",
             "-drive", f"file={disk},if=none,id=target,format=qcow2,discard=unmap",
             "-device", "virtio-blk-pci,drive=target,bootindex=0",
             "-display", "none", "-monitor", "none"]
     if firmware == "uefi":
-        code = cluster.ovmf_code()
-        nvram = machine.directory / "OVMF_VARS.fd"
-        shutil.copyfile(code.with_name(code.name.replace("CODE", "VARS")), nvram)
-        argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={code}",
-                 "-drive", f"if=pflash,format=raw,file={nvram}"]
+        (machine.directory / "OVMF_VARS.fd").unlink(missing_ok=True)
+        argv += qemu.uefi_args(machine.directory)
     return argv
 
 
@@ -95,7 +99,7 @@ def start_install(medium: str, built: dict, number: int) -> Install:
     machine.directory.mkdir(parents=True, exist_ok=True)
     disk = empty_disk(machine.directory / "disk.qcow2")
     port = SSH_BASE_PORT + number
-    owner = cluster.port_owner(port)
+    owner = ports.port_owner(port)
     assert owner is None, f"port {port} is taken by {owner}"
     forward = f"hostfwd=tcp:127.0.0.1:{port}-:22"
     if medium == "iso":
@@ -113,7 +117,7 @@ def start_install(medium: str, built: dict, number: int) -> Install:
             "-netdev", f"user,id=net,{forward},tftp={built['pxe']},bootfile=boot.ipxe",
             "-device", "virtio-net-pci,netdev=net,bootindex=1"]
     machine.launch(argv)
-    return Install(medium, machine, disk, port)
+    return Install(medium, handle(machine, built["spec"], port), disk)
 
 
 @pytest.fixture(scope="module")
@@ -122,48 +126,28 @@ def installs(installers):
                for number, medium in enumerate(("iso", "usb", "pxe"))}
     yield started
     for install in started.values():
-        install.machine.stop(timeout=3)   # nothing to keep: no need to wait out slurmd's stop
+        install.node.machine.stop(timeout=3)   # nothing to keep: no need to wait out slurmd's stop
 
 
-def ssh(spec: dict, port: int, command: str) -> subprocess.CompletedProcess:
-    argv = ["ssh", "-i", str(secrets.test_key_path(spec)), "-p", str(port),
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-            "-o", "ConnectTimeout=10", "-o", "BatchMode=yes", "admin@127.0.0.1", command]
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        return subprocess.CompletedProcess(argv, 255, "", "ssh timed out")
-
-
-def serial_text(machine: Machine) -> str:
-    try:
-        return machine.serial_log.read_bytes().decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def wait_installed_and_up(install: Install, spec: dict) -> str:
+def wait_installed_and_up(install: Install) -> str:
     """Wait for the installer's success line, then for SSH on the installed system; return its root device."""
-    deadline = time.monotonic() + INSTALL_TIMEOUT
-    while time.monotonic() < deadline:
-        text = serial_text(install.machine)
-        assert "clusteros-installer: ERROR" not in text, f"{install.medium}: installer failed:\n{text[-3000:]}"
-        assert install.machine.is_alive(), f"{install.medium}: QEMU exited:\n{text[-3000:]}"
-        if "installed and verified" in text:
-            out = ssh(spec, install.ssh_port, "findmnt --noheadings --output SOURCE /")
-            if out.returncode == 0:
-                return out.stdout.strip()
-        time.sleep(10)
-    pytest.fail(f"{install.medium}: not installed and reachable in {INSTALL_TIMEOUT}s:\n"
-                + "\n".join(install.machine.serial_tail(30)))
+    node = install.node
+
+    def installed() -> None:
+        text = node.machine.console_text()
+        if "clusteros-installer: ERROR" in text or not node.machine.is_alive():
+            pytest.fail(f"{install.medium}: the installer failed or QEMU exited:\n{text[-3000:]}")
+        assert "installed and verified" in text, f"{install.medium}: not installed yet"
+    node.retry(installed, INSTALL_TIMEOUT, every=10)
+    return node.wait_until_succeeds("findmnt --noheadings --output SOURCE /", timeout=150).strip()
 
 
 def direct_boot(name: str, pxe: Path, iso: Path, disks: list[Path], cmdline: str) -> Machine:
     """The installer from its kernel and initrd, with the ISO attached as its medium."""
-    machine = Machine(name, DIST / "vm-installers" / name)
+    machine = Machine(name, DIST / "vm-installers" / name, stop_timeout=5)
     machine.directory.mkdir(parents=True, exist_ok=True)
     argv = ["qemu-system-x86_64", "-name", f"{name},process=clusteros-test-{name}",
-            "-machine", "q35", "-accel", "tcg", "-m", "768", "-smp", "1", "-no-reboot",
+            "-machine", "q35", *ACCEL.qemu_args, "-m", "768", "-smp", "1", "-no-reboot",
             "-kernel", str(pxe / "vmlinuz"), "-initrd", str(pxe / "initrd.img"),
             "-append", f"console=ttyS0,115200n8 console=tty0 {cmdline}",
             "-drive", f"file={iso},if=none,id=cd,media=cdrom,readonly=on", "-device", "ide-cd,drive=cd",
@@ -174,21 +158,10 @@ def direct_boot(name: str, pxe: Path, iso: Path, disks: list[Path], cmdline: str
     return machine
 
 
-def wait_for(machine: Machine, text: str, timeout: float = 600) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in (serial := serial_text(machine)):
-            return serial
-        assert machine.is_alive(), f"{machine.name}: QEMU exited before {text!r}:\n{serial[-3000:]}"
-        time.sleep(2)
-    pytest.fail(f"{machine.name}: no {text!r} in {timeout}s:\n" + "\n".join(machine.serial_tail(30)))
-
-
-def wait_gone(machine: Machine, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while machine.is_alive():
-        assert time.monotonic() < deadline, f"{machine.name} did not power off:\n" + "\n".join(machine.serial_tail())
-        time.sleep(1)
+def wait_gone(machine: Machine, timeout: float = 30) -> None:
+    def gone() -> None:
+        assert not machine.is_alive(), f"{machine.name} did not power off:\n" + "\n".join(machine.serial_tail())
+    retry(gone, timeout, scale=ACCEL.scale(1.0), every=1)
 
 
 def untouched(disk: Path) -> bool:
@@ -202,35 +175,31 @@ def untouched(disk: Path) -> bool:
 @pytest.mark.usefixtures("installs")
 def test_asking_installer_given_no_answer_wipes_nothing(installers):
     disk = empty_disk(DIST / "vm-installers" / "refuse-disk.qcow2")
-    machine = direct_boot("refuse-ask", installers["pxe"], installers["iso"], [disk], "clusteros.install=ask")
-    try:
-        wait_for(machine, "or press Enter to cancel:")
+    with direct_boot("refuse-ask", installers["pxe"], installers["iso"], [disk], "clusteros.install=ask") as machine:
+        node = handle(machine, installers["spec"])
+        node.wait_for_console_text("or press Enter to cancel:", timeout=150)
         # The answer comes from the keyboard, as from a person at the screen: just Enter.
         machine.execute("send-key", keys=[{"type": "qcode", "data": "ret"}])
-        wait_for(machine, "Cancelled: nothing was written.", timeout=120)
+        node.wait_for_console_text("Cancelled: nothing was written.", timeout=30)
         wait_gone(machine)
-    finally:
-        machine.stop(timeout=5)
     assert untouched(disk)
 
 
 @pytest.mark.usefixtures("installs")
 def test_unattended_auto_target_refuses_two_empty_disks(installers):
     """The ISO as a CD under UEFI (its default menu entry: unattended, target auto), two empty disks."""
-    machine = Machine("refuse-two", DIST / "vm-installers" / "refuse-two")
+    machine = Machine("refuse-two", DIST / "vm-installers" / "refuse-two", stop_timeout=5)
     machine.directory.mkdir(parents=True, exist_ok=True)
     disks = [empty_disk(machine.directory / f"disk{n}.qcow2", "5G") for n in (1, 2)]
     argv = qemu_base(machine, disks[0], "uefi") + [
         "-drive", f"file={disks[1]},if=none,id=second,format=qcow2", "-device", "virtio-blk-pci,drive=second",
         "-drive", f"file={installers['iso']},if=none,id=cd,media=cdrom,readonly=on", "-device", "ide-cd,drive=cd,bootindex=1",
         "-no-reboot", "-net", "none"]
-    machine.launch(argv)
-    try:
-        text = wait_for(machine, "nothing more was written")
-        assert "more than one empty disk ( vda vdb )" in text
+    with machine:
+        machine.launch(argv)
+        handle(machine, installers["spec"]).wait_for_console_text("nothing more was written", timeout=150)
+        assert "more than one empty disk ( vda vdb )" in machine.console_text()
         wait_gone(machine)
-    finally:
-        machine.stop(timeout=5)
     assert all(untouched(d) for d in disks)
 
 
@@ -246,27 +215,23 @@ def test_pxe_node_runs_from_ram_and_touches_no_disk(installers, http_server):
     """The PXE kernel and initrd with clusteros.install=ram; the image over HTTP, as a fleet serves it
     (a local web server, reached from the guest at QEMU's host address 10.0.2.2)."""
     disk = empty_disk(DIST / "vm-installers" / "ram-disk.qcow2")
-    machine = Machine("ram", DIST / "vm-installers" / "ram")
+    machine = Machine("ram", DIST / "vm-installers" / "ram", stop_timeout=10)
     machine.directory.mkdir(parents=True, exist_ok=True)
     port = SSH_BASE_PORT + 9
-    assert cluster.port_owner(port) is None
+    assert ports.port_owner(port) is None
     machine.launch([
-        "qemu-system-x86_64", "-name", "ram,process=clusteros-test-ram", "-machine", "q35", "-accel", "tcg",
+        "qemu-system-x86_64", "-name", "ram,process=clusteros-test-ram", "-machine", "q35", *ACCEL.qemu_args,
         "-m", "2048", "-smp", "1", "-display", "none", "-monitor", "none",
         "-kernel", str(installers["pxe"] / "vmlinuz"), "-initrd", str(installers["pxe"] / "initrd.img"),
         "-append", f"console=ttyS0,115200n8 clusteros.install=ram clusteros.image=http://10.0.2.2:{http_server}/image.data.gz",
         "-netdev", f"user,id=net,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-device", "virtio-net-pci,netdev=net",
         "-drive", f"file={disk},if=none,id=d0,format=qcow2", "-device", "virtio-blk-pci,drive=d0"])
-    try:
-        wait_for(machine, "running democluster from RAM", timeout=INSTALL_TIMEOUT)
-        deadline = time.monotonic() + 600
-        while (out := ssh(installers["spec"], port, "findmnt --noheadings --output SOURCE /")).returncode != 0:
-            assert time.monotonic() < deadline, "no SSH from the node running in RAM:\n" + "\n".join(machine.serial_tail())
-            time.sleep(10)
-        assert out.stdout.strip().startswith("/dev/ram0"), out.stdout
-    finally:
-        machine.stop(timeout=10)
+    with machine:
+        node = handle(machine, installers["spec"], port)
+        node.wait_for_console_text("running democluster from RAM", timeout=INSTALL_TIMEOUT)
+        root = node.wait_until_succeeds("findmnt --noheadings --output SOURCE /", timeout=150)
+        assert root.strip().startswith("/dev/ram0"), root
     assert untouched(disk)
 
 
@@ -276,19 +241,17 @@ FIRMWARE = {"iso": "bios", "usb": "uefi", "pxe": "bios"}
 @pytest.fixture(scope="module")
 def installed(installs, installers) -> dict[str, str]:
     """Each machine installed and up from its disk: medium -> the device / is on."""
-    return {medium: wait_installed_and_up(install, installers["spec"]) for medium, install in installs.items()}
+    return {medium: wait_installed_and_up(install) for medium, install in installs.items()}
 
 
 def sh(installs, installers, medium: str, command: str) -> str:
-    out = ssh(installers["spec"], installs[medium].ssh_port, command)
-    assert out.returncode == 0, f"{command!r} on the {medium}-installed machine: {out.returncode}\n{out.stdout}{out.stderr}"
-    return out.stdout.strip()
+    return installs[medium].node.succeed(command).strip()
 
 
 @pytest.mark.parametrize("medium", ["iso", "usb", "pxe"])
 def test_installer_writes_the_disk_and_the_machine_boots_from_it(installed, installs, medium):
     assert installed[medium].startswith("/dev/vda"), f"{medium}: root is {installed[medium]}, not on the installed disk"
-    text = serial_text(installs[medium].machine)
+    text = installs[medium].node.machine.console_text()
     assert "/dev/vda  6144 MiB" in text and "(empty)" in text, "the installer listed the disks it saw"
 
 
@@ -307,7 +270,7 @@ def test_kernel_log_is_readable(installed, installs, installers):
 
 def test_cluster_tools_and_units_are_installed(installed, installs, installers):
     sh(installs, installers, "usb", "command -v wg && test -x /usr/sbin/slurmd && test -x /usr/sbin/slurmctld "
-                                    "&& command -v munge && test -x /usr/local/lib/clusteros/node-agent.pyz")
+                                    "&& command -v munge && test -r /usr/local/lib/clusteros/node-agent/__main__.py")
     assert sh(installs, installers, "usb", "systemctl is-enabled node-agent.service") == "enabled"
 
 
@@ -317,6 +280,9 @@ def test_ssh_is_keys_only_without_root(installed, installs, installers):
 
 
 def test_each_machine_makes_its_own_machine_id_host_key_and_name(installed, installs, installers):
+    for install in installs.values():
+        install.node.wait_for_unit("clusteros-identity.service")
+
     def each(command):
         return {sh(installs, installers, medium, command) for medium in installs}
     assert len(each("cat /etc/machine-id")) == 3
