@@ -79,30 +79,41 @@ def extract_kernel(rootfs_tar: Path, staging: Path) -> tuple[Path, str]:
     return kernel, version
 
 
+def add_busybox(tree: Path) -> None:
+    """A static busybox as /bin/busybox and /bin/sh (the init installs the other applets)."""
+    if not BUSYBOX.exists():
+        raise InstallerError(f"{BUSYBOX} not found: the initramfs needs a static busybox",
+                             fix="apt-get install busybox-static (or run scripts/install-prereqs.sh)")
+    (tree / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(BUSYBOX, tree / "bin" / "busybox")
+    (tree / "bin" / "sh").symlink_to("busybox")
+
+
+def pack(tree: Path, out: Path, step: str = "initramfs") -> None:
+    """`tree` as a gzipped newc cpio at `out`: owned by root, times zeroed, the same bytes every time."""
+    for path in [tree, *tree.rglob("*")]:
+        os.utime(path, (0, 0), follow_symlinks=False)
+    listing = tree.parent / f"{tree.name}.list"
+    listing.write_text("".join(f"{p.relative_to(tree)}\n" for p in sorted(tree.rglob("*"))))
+    archive = out.with_suffix(".cpio")
+    runner.run(step, ["cpio", "--create", "--format=newc", "--reproducible", "--quiet", "--owner=0:0"],
+               cwd=tree, stdin=listing, stdout=archive, log=runner.log_path(step))
+    with open(archive, "rb") as src, open(out, "wb") as dst, gzip.GzipFile(fileobj=dst, mode="wb", mtime=0) as gz:
+        shutil.copyfileobj(src, gz, 4 * 1024 * 1024)
+    archive.unlink()
+    listing.unlink()
+
+
 def build_initramfs(tree: Path, config: dict[str, str], extent_map: str, out: Path) -> None:
     """Busybox, /init, its config and the image's extent map in `tree` (modules already there)
     -> a gzipped newc cpio at `out`."""
-    if not BUSYBOX.exists():
-        raise InstallerError(f"{BUSYBOX} not found: the installer needs a static busybox",
-                             fix="apt-get install busybox-static (or run scripts/install-prereqs.sh)")
-    (tree / "bin").mkdir(parents=True, exist_ok=True)
+    add_busybox(tree)
     (tree / "etc").mkdir(exist_ok=True)
-    shutil.copy2(BUSYBOX, tree / "bin" / "busybox")
-    (tree / "bin" / "sh").symlink_to("busybox")   # for /init's #!; it installs the other applets
     shutil.copy2(installer_files() / "init", tree / "init")
     shutil.copy2(installer_files() / "udhcpc.script", tree / "etc" / "udhcpc.script")
     (tree / "etc" / "installer.conf").write_text(render_config(config))
     (tree / "etc" / "image.map").write_text(extent_map)
-    for path in [tree, *tree.rglob("*")]:
-        os.utime(path, (0, 0), follow_symlinks=False)
-    listing = tree.parent / "initramfs.list"
-    listing.write_text("".join(f"{p.relative_to(tree)}\n" for p in sorted(tree.rglob("*"))))
-    archive = out.with_suffix(".cpio")
-    runner.run("initramfs", ["cpio", "--create", "--format=newc", "--reproducible", "--quiet", "--owner=0:0"],
-               cwd=tree, stdin=listing, stdout=archive)
-    with open(archive, "rb") as src, open(out, "wb") as dst, gzip.GzipFile(fileobj=dst, mode="wb", mtime=0) as gz:
-        shutil.copyfileobj(src, gz, 4 * 1024 * 1024)
-    archive.unlink()
+    pack(tree, out)
 
 
 def prepare_boot_files(work: Path, rootfs_tar: Path, config: dict[str, str], payload: Payload) -> tuple[Path, Path]:

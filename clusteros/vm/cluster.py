@@ -74,8 +74,10 @@ def scale_of(state: dict | None) -> float:
 
 
 def node_handle(spec: dict, node: VMNode, scale: float | None = None) -> Node:
-    ssh = SSHTarget(node.ssh_port, spec["image"]["users"][0]["name"], secrets.test_key_path(spec))
-    return Node(node.name, machine(node), ssh, scale if scale is not None else scale_of(load_state()))
+    m = machine(node)
+    ssh = SSHTarget(node.ssh_port, spec["image"]["users"][0]["name"], secrets.test_key_path(spec),
+                    control_dir=m.directory)
+    return Node(node.name, m, ssh, scale if scale is not None else scale_of(load_state()))
 
 
 def running_nodes(spec: dict) -> list[Node]:
@@ -113,17 +115,20 @@ def clear_leftovers(nodes: list[VMNode]) -> list[str]:
     return notes
 
 
-def check_ports(nodes: list[VMNode]) -> None:
-    problems = [f"  {node.name}: {line}" for node in nodes
-                for line in ports.taken({"SSH": node.ssh_port, "VNC": node.vnc_port})]
+def check_ports(nodes: list[VMNode], screen: bool = True) -> None:
+    """The SSH forward, and VNC where the nodes have a screen (booted through firmware), must be free."""
+    wanted = [(node, {"SSH": node.ssh_port} | ({"VNC": node.vnc_port} if screen else {})) for node in nodes]
+    problems = [f"  {node.name}: {line}" for node, needed in wanted for line in ports.taken(needed)]
     if problems:
         raise UsageError("ports the test cluster needs are in use:\n" + "\n".join(problems),
                          fix="stop that program, or move vm.ssh_base_port / vm.vnc_base_port in cluster.yaml")
 
 
-def image_identity(manifest: Path) -> str:
+def read_manifest(manifest: Path) -> dict:
     try:
-        return json.loads(manifest.read_text())["outputs"]["qcow2"]["sha256"]
+        record = json.loads(manifest.read_text())
+        record["outputs"]["qcow2"]["sha256"]
+        return record
     except (OSError, ValueError, KeyError):
         raise UsageError(f"{manifest} is missing or unreadable", fix="build the image first with `doit image`") \
             from None
@@ -136,30 +141,33 @@ def image_identity(manifest: Path) -> str:
 def up(spec: dict, qcow2: Path, manifest: Path, count: int) -> list[VMNode]:
     """Bring the cluster to `count` nodes running `qcow2`, reachable over SSH."""
     nodes = layout(spec, count)
-    image_id = image_identity(manifest)
+    record = read_manifest(manifest)
+    image_id = record["outputs"]["qcow2"]["sha256"]
+    boot = qemu.boot_of(spec, record, manifest.parent)
     acc = accel_mod.choose(spec["vm"]["accel"])
-    runner.say("test_vm", f"accelerator: {acc.name.upper()} ({acc.reason})")
+    runner.say("test_vm", f"accelerator: {acc.name.upper()} ({acc.reason}); {boot.describe()}")
     for note in clear_leftovers(nodes):
         runner.say("test_vm", note)
-    _stop_what_does_not_belong(spec, nodes, image_id)
+    _stop_what_does_not_belong(spec, nodes, image_id, boot)
     to_start = [n for n in nodes if not machine(n).is_alive()]
     if running := [n.name for n in nodes if n not in to_start]:
         runner.say("test_vm", f"already running on this image: {', '.join(running)}")
-    check_ports(to_start)
+    check_ports(to_start, screen=not boot.direct)
     write_json(state_file(), {"image": str(qcow2.resolve()), "image_sha256": image_id, "accel": acc.name,
-                              "accel_reason": acc.reason, "firmware": spec["vm"]["firmware"],
+                              "accel_reason": acc.reason, "boot": boot.describe(), "screen": not boot.direct,
                               "nodes": [asdict(n) for n in nodes]}, mode=0o600)
     if to_start:
-        _start(spec, to_start, qcow2, acc)
+        _start(to_start, qcow2, acc, boot)
         wait_for_ssh(spec, to_start, acc.scale(spec["vm"]["boot_timeout"]))
     return nodes
 
 
-def _stop_what_does_not_belong(spec: dict, nodes: list[VMNode], image_id: str) -> None:
-    """Nodes on an older image or firmware all restart; nodes beyond `count` stop."""
+def _stop_what_does_not_belong(spec: dict, nodes: list[VMNode], image_id: str, boot: qemu.Boot) -> None:
+    """Nodes on an older image or another way of booting all restart; nodes beyond `count` stop."""
     state = load_state()
-    if state and (state["image_sha256"] != image_id or state["firmware"] != spec["vm"]["firmware"]):
-        runner.say("test_vm", "the image changed since the nodes started: restarting every node on the new one")
+    if state and (state["image_sha256"] != image_id or state.get("boot") != boot.describe()):
+        runner.say("test_vm", "the image or the way it boots changed since the nodes started: "
+                              "restarting every node")
         stop(spec)
         remove_overlays()
         return
@@ -169,7 +177,7 @@ def _stop_what_does_not_belong(spec: dict, nodes: list[VMNode], image_id: str) -
         machine(extra).stop(scale_of(state) * STOP_TIMEOUT)
 
 
-def _start(spec: dict, nodes: list[VMNode], qcow2: Path, acc: accel_mod.Accel) -> None:
+def _start(nodes: list[VMNode], qcow2: Path, acc: accel_mod.Accel, boot: qemu.Boot) -> None:
     vm_dir()
     sw = switch()
     sw.ensure_running()
@@ -182,7 +190,7 @@ def _start(spec: dict, nodes: list[VMNode], qcow2: Path, acc: accel_mod.Accel) -
             runner.run(f"vm-{node.name}", ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
                                            "-b", qcow2.resolve(), overlay], log=m.directory / "overlay.log",
                        timeout=60)
-        pid = m.launch(qemu.node_argv(node, m.directory, overlay, acc, spec["vm"]["firmware"], sw.sock))
+        pid = m.launch(qemu.node_argv(node, m.directory, overlay, acc, boot, sw.sock))
         runner.say("test_vm", f"{node.name}: started (pid {pid}, QMP ok), SSH on 127.0.0.1:{node.ssh_port}")
 
 

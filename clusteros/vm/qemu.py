@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from clusteros.accel import Accel
@@ -32,18 +33,57 @@ def uefi_args(machine_dir: Path) -> list[str]:
             "-drive", f"if=pflash,format=raw,file={variables}"]
 
 
-def node_argv(node: VMNode, machine_dir: Path, disk: Path, acc: Accel, firmware: str, lan_sock: Path) -> list[str]:
-    """A node: its disk, the cluster LAN on the switch, an uplink with SSH forwarded, VNC on 127.0.0.1."""
-    argv = ["qemu-system-x86_64", "-name", f"{node.name},process=clusteros-{node.name}",
-            "-machine", "q35", *acc.qemu_args, "-smp", str(node.cpus), "-m", str(node.memory),
-            "-drive", f"file={disk},if=virtio,format=qcow2,discard=unmap",
+@dataclass(frozen=True)
+class Boot:
+    """How a node's QEMU starts it: the image's kernel directly, or through firmware and GRUB."""
+
+    firmware: str                 # "bios" or "uefi": used when there is no kernel to load directly
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmdline: str = ""
+
+    @property
+    def direct(self) -> bool:
+        return self.kernel is not None
+
+    def describe(self) -> str:
+        return f"direct kernel boot ({self.kernel.name})" if self.direct else f"{self.firmware} firmware and GRUB"
+
+
+def boot_of(spec: dict, manifest: dict, image_dir: Path) -> Boot:
+    """Direct boot when the spec asks for it and the image has VM boot files (a native build)."""
+    files = manifest.get("vm_boot")
+    if spec["vm"]["boot"] != "direct" or not files:
+        return Boot(spec["vm"]["firmware"])
+    return Boot(spec["vm"]["firmware"], (image_dir / files["kernel"]).resolve(),
+                (image_dir / files["initrd"]).resolve(), files["cmdline"])
+
+
+def machine_args(boot: Boot, machine_dir: Path, vnc_port: int) -> list[str]:
+    """A q35 without what a node never uses (HPET, SATA, SMBus, VMware port, USB, default devices).
+
+    Booted directly, its console is the serial port alone; through firmware it keeps a screen and a
+    keyboard (VNC on 127.0.0.1), for GRUB's menu.
+    """
+    machine = "q35,hpet=off,sata=off,smbus=off,vmport=off,usb=off"
+    if boot.direct:
+        return ["-machine", f"{machine},i8042=off", "-nodefaults", "-vga", "none", "-display", "none",
+                "-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", boot.cmdline]
+    screen = ["-vga", "std", "-display", "none", "-vnc", f"127.0.0.1:{vnc_port - 5900}"]
+    return ["-machine", machine, "-nodefaults", *screen] + (uefi_args(machine_dir) if boot.firmware == "uefi" else [])
+
+
+def node_argv(node: VMNode, machine_dir: Path, disk: Path, acc: Accel, boot: Boot, lan_sock: Path) -> list[str]:
+    """A node: its disk, the cluster LAN on the switch, an uplink with SSH forwarded to 127.0.0.1."""
+    # romfile=: no iPXE option ROM for firmware to run on NICs that never netboot.
+    rom = ",romfile=" if boot.direct else ""
+    return ["qemu-system-x86_64", "-name", f"{node.name},process=clusteros-{node.name}",
+            *machine_args(boot, machine_dir, node.vnc_port), *acc.qemu_args, "-smp", str(node.cpus), "-m", str(node.memory),
+            "-drive", f"file={disk},if=none,id=disk,format=qcow2,discard=unmap",
+            "-device", "virtio-blk-pci,drive=disk",
             "-netdev", f"vde,id=lan,sock={lan_sock}",
-            "-device", f"virtio-net-pci,netdev=lan,mac={node.lan_mac}",
+            "-device", f"virtio-net-pci,netdev=lan,mac={node.lan_mac}{rom}",
             "-netdev", f"user,id=uplink,hostfwd=tcp:127.0.0.1:{node.ssh_port}-:22",
-            "-device", f"virtio-net-pci,netdev=uplink,mac={node.uplink_mac}",
+            "-device", f"virtio-net-pci,netdev=uplink,mac={node.uplink_mac}{rom}",
             "-device", "virtio-rng-pci",
-            "-vga", "std", "-display", "none", "-vnc", f"127.0.0.1:{node.vnc_port - 5900}",
             "-monitor", "none"]
-    if firmware == "uefi":
-        argv += uefi_args(machine_dir)
-    return argv

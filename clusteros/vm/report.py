@@ -31,6 +31,11 @@ def _node_status(spec: dict, node: VMNode) -> NodeStatus:
     return NodeStatus(node, run_state, ssh_ok, agent, handle.machine.pid())
 
 
+def _vnc(state: dict, node: VMNode) -> str:
+    """Booted through firmware, a node has a screen on VNC; booted directly, its console is the serial log."""
+    return f"127.0.0.1:{node.vnc_port}" if state.get("screen") else "-"
+
+
 def status(spec: dict) -> tuple[list[NodeStatus], dict | None]:
     """Every node's state, asked in parallel (a node that does not answer costs its timeout once)."""
     state = cluster.load_state()
@@ -64,8 +69,8 @@ def status_report(spec: dict) -> tuple[str, bool]:
     if state is None:
         return NO_CLUSTER, False
     rows = [[r.node.name, r.state, "yes" if r.ssh else "no", r.agent, state["accel"], r.node.ssh_port,
-             r.node.vnc_port, r.node.lan_address, r.pid or "-"] for r in results]
-    text = format_table(["node", "state", "ssh", "node-agent", "accel", "ssh port", "vnc port", "lan address", "pid"],
+             _vnc(state, r.node), r.node.lan_address, r.pid or "-"] for r in results]
+    text = format_table(["node", "state", "ssh", "node-agent", "accel", "ssh port", "vnc", "lan address", "pid"],
                         rows)
     for r in results:
         if r.state != "running":
@@ -81,9 +86,10 @@ def info_report(spec: dict) -> str:
         return NO_CLUSTER
     nodes = [VMNode(**n) for n in state["nodes"]]
     rows = [[n.name, cluster.machine(n).pid() or "-", n.lan_mac, n.uplink_mac, f"127.0.0.1:{n.ssh_port}",
-             f"127.0.0.1:{n.vnc_port}"] for n in nodes]
+             _vnc(state, n)] for n in nodes]
     text = format_table(["node", "pid", "lan mac", "uplink mac", "ssh", "vnc"], rows)
-    text += f"\n\nimage: {state['image']}\naccel: {state['accel']} ({state['accel_reason']})\n"
+    text += (f"\n\nimage: {state['image']}\naccel: {state['accel']} ({state['accel_reason']})\n"
+             f"boot: {state['boot']}\n")
     for n in nodes:
         m = cluster.machine(n)
         text += (f"\n{n.name}:\n  overlay: {m.directory / 'overlay.qcow2'}\n  serial log: {m.serial_log}"

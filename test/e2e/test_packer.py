@@ -67,7 +67,7 @@ def test_packer_image_boots_and_passes_the_smoke_checks(packer_image):
                     str(work / "dist" / "democluster.qcow2"), str(overlay)], check=True)
     try:
         with machine:
-            machine.launch(qemu.node_argv(vm, machine.directory, overlay, acc, "bios", lan.sock))
+            machine.launch(qemu.node_argv(vm, machine.directory, overlay, acc, qemu.Boot("bios"), lan.sock))
             node = Node(vm.name, machine, SSHTarget(vm.ssh_port, "admin", secrets.test_key_path(spec)), acc.scale(1))
             node.wait_for_ssh(timeout=150)
             assert node.succeed("ps -p 1 -o comm=").strip() == "systemd"

@@ -46,6 +46,8 @@ def project(tmp_path, monkeypatch):
         calls.append("image")
         qcow2.write_text(f"qcow2 {time.time_ns()}")   # a real rebuild changes the bytes
         manifest.write_text("{}")
+        for boot_file in image.vm_boot_files(qcow2):
+            boot_file.write_text("kernel or initrd")
 
     def fake_raw(qcow2, raw):
         calls.append("raw")

@@ -30,7 +30,7 @@ def test_minimal_spec_gets_every_default_from_the_schema(tmp_path):
     assert spec["network"]["wireguard"] == {"subnet": "10.99.0.0/24", "port": 51820}
     assert spec["services"]["slurm"]["partitions"] == [{"name": "main", "default": True, "max_time": "INFINITE"}]
     assert spec["vm"] == {"memory": 1024, "cpus": 1, "ssh_base_port": 2223, "vnc_base_port": 5900, "accel": "auto",
-                          "firmware": "bios", "boot_timeout": 120, "nodes": 3, "tests": []}
+                          "boot": "direct", "firmware": "bios", "boot_timeout": 120, "nodes": 3, "tests": []}
     assert spec["installer"] == {"unattended": False, "target": "auto", "on_done": "reboot"}
 
 

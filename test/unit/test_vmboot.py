@@ -1,0 +1,57 @@
+"""The test VMs' direct boot: which modules their initramfs loads, in what order, and the unit changes
+that keep early boot short."""
+
+from clusteros import customize, vmboot
+
+MODULES_DEP = """kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko
+kernel/fs/jbd2/jbd2.ko:
+kernel/fs/mbcache.ko:
+kernel/lib/crc16.ko:
+kernel/crypto/crc32c_generic.ko:
+kernel/drivers/virtio/virtio.ko:
+kernel/drivers/virtio/virtio_ring.ko:
+kernel/drivers/virtio/virtio_pci_modern_dev.ko:
+kernel/drivers/virtio/virtio_pci_legacy_dev.ko:
+kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_legacy_dev.ko kernel/drivers/virtio/virtio_pci_modern_dev.ko kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
+kernel/net/core/failover.ko:
+kernel/drivers/scsi/sr_mod.ko: kernel/drivers/cdrom/cdrom.ko
+"""
+
+
+def test_every_module_comes_after_what_it_needs_and_only_once():
+    order = vmboot.load_order(MODULES_DEP, vmboot.VM_MODULES)
+    assert len(order) == len(set(order))
+    for line in MODULES_DEP.splitlines():
+        module, _, deps = line.partition(":")
+        if module in order:
+            assert all(order.index(dep) < order.index(module) for dep in deps.split()), module
+    assert "kernel/drivers/scsi/sr_mod.ko" not in order, "nothing a virtio VM does not need"
+    assert order.index("kernel/crypto/crc32c_generic.ko") < order.index("kernel/fs/ext4/ext4.ko"), \
+        "ext4's soft dependency, which modules.dep does not list"
+
+
+def test_the_command_line_names_the_root_and_leaves_wifi_alone_where_the_spec_has_it():
+    plain = vmboot.cmdline("1234", wifi=False)
+    assert plain.startswith("root=UUID=1234 ro console=ttyS0") and "cfg80211" in plain
+    assert "cfg80211" not in vmboot.cmdline("1234", wifi=True)
+
+
+VENDOR_RESOLVED = """[Unit]
+DefaultDependencies=no
+Before=sysinit.target network.target nss-lookup.target shutdown.target initrd-switch-root.target
+Wants=nss-lookup.target
+
+[Install]
+WantedBy=sysinit.target
+Alias=dbus-org.freedesktop.resolve1.service
+"""
+
+
+def test_resolved_no_longer_holds_up_early_boot_but_still_comes_before_name_lookups():
+    unit = customize.resolved_after_sysinit(VENDOR_RESOLVED)
+    assert "Before=nss-lookup.target shutdown.target initrd-switch-root.target" in unit
+    assert "WantedBy=multi-user.target" in unit and "sysinit.target" not in unit.split("\n", 1)[1]
+    assert unit.startswith("# ClusterOS:")
