@@ -1,4 +1,4 @@
-"""node-agent entry point: `identity` (early boot), `run` (the daemon), `status`."""
+"""node-agent entry point: `run` (the daemon), `status`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clusteros-node", description="ClusterOS node-agent")
     parser.add_argument("--spec", default=SPEC_FILE, help="resolved cluster spec (default: %(default)s)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("identity", help="set this node's hostname and cluster LAN address (early boot)")
     sub.add_parser("run", help="run the agent: membership, WireGuard mesh, SLURM and K3s roles")
     status = sub.add_parser("status", help="what this node's agent knows")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -30,11 +29,6 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(state, indent=2) if args.json else status_mod.render(state))
         return 1 if "error" in state or state.get("stale") else 0
     spec = load_spec(args.spec)
-    if args.command == "identity":
-        from clusteros_node import identity
-        me = identity.apply(spec)
-        print(f"node-agent: this is {me.name} ({me.address or 'no static LAN address'} on {me.interface or '-'})")
-        return 0
     from clusteros_node import agent
     return agent.main(spec)
 

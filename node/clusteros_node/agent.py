@@ -226,11 +226,11 @@ class Agent:
 
 
 def main(spec: dict) -> int:
-    me_file = STATE_DIR / "identity.json"
-    if me_file.exists():
-        me = identity_mod.Identity(**json.loads(me_file.read_text()))
-    else:
-        me = identity_mod.apply(spec)
+    try:
+        me = identity_mod.load(STATE_DIR)
+    except (OSError, ValueError, TypeError) as exc:
+        log(f"node-agent: no identity in {STATE_DIR}/identity.json ({exc}): has clusteros-identity.service run?")
+        return 1
     Agent(spec, me, SECRET_FILE.read_bytes().strip()).run()
     return 0
 

@@ -1,24 +1,21 @@
-"""Who this node is: its name and cluster LAN address, from the baked spec and its MACs.
+"""Who this node is: its name and cluster LAN address, from the spec and its MACs.
 
 Lookup order: a NIC whose MAC the spec lists -> that node; a MAC in the cluster's
 test-VM range (<mac_prefix>:NN) -> node NN of the count form; otherwise a name
 derived from the machine id, and the LAN address is left to DHCP or link-local.
+
+The build host runs this for every MAC the spec can name (`identity_files`) and
+bakes the result into the image; at boot, the shell script clusteros-identity
+only picks the row of the MAC it finds, so no Python runs on the way to SSH.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from clusteros_node import addressing
-
-SYS_NET = Path("/sys/class/net")
-
 
 @dataclass(frozen=True)
 class Identity:
@@ -31,16 +28,6 @@ class Identity:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-
-def interfaces(sys_net: Path = SYS_NET) -> dict[str, str]:
-    """Physical NICs by name -> lower-case MAC."""
-    found = {}
-    for dev in sorted(sys_net.iterdir()) if sys_net.exists() else []:
-        if dev.name == "lo" or not (dev / "device").exists():
-            continue
-        found[dev.name] = (dev / "address").read_text().strip().lower()
-    return found
 
 
 def resolve(spec: dict, nics: dict[str, str], machine_id: str) -> Identity:
@@ -66,7 +53,7 @@ def resolve(spec: dict, nics: dict[str, str], machine_id: str) -> Identity:
 def lan_network_unit(identity: Identity, spec: dict) -> str:
     """systemd-networkd config for the cluster LAN NIC (no DHCP server needed)."""
     lan = spec["network"]["lan"]
-    lines = ["# Written at boot by clusteros-identity.service", "[Match]", f"MACAddress={identity.mac}", "",
+    lines = ["# Put in place at boot by clusteros-identity.service", "[Match]", f"MACAddress={identity.mac}", "",
              "[Network]", "LinkLocalAddressing=ipv6", f"DHCP={'ipv4' if lan.get('dhcp') else 'no'}"]
     if identity.address:
         lines.append(f"Address={identity.address}")
@@ -87,47 +74,51 @@ def hosts_file(spec: dict, identity: Identity) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+UNKNOWN = "unknown"
+PLACEHOLDER_NAME = "@NAME@"
+SYS_NET = Path("/sys/class/net")
 
 
-def wait_for_identity(spec: dict, machine_id: str, timeout: float = 20.0, settle: float = 2.0) -> Identity:
-    """NIC drivers may still be loading this early in boot: wait for a NIC the spec knows.
+def known_macs(spec: dict) -> dict[str, Identity]:
+    """Every MAC the spec makes a node of: the listed nodes, and the test VMs' range (<mac_prefix>:NN)."""
+    known = {}
+    naming = spec["node_naming"]
+    capacity = min(addressing.MAX_INDEXED, addressing.lan_capacity(spec["network"]["lan"]["subnet"]))
+    for index in range(1, capacity + 1):
+        mac = f"{naming['mac_prefix']}:{index:02x}"
+        known[mac] = resolve(spec, {"": mac}, "")
+    for node in spec["nodes"]:   # listed nodes last: their own MAC (and name, role) wins
+        known[node["mac"]] = resolve(spec, {"": node["mac"]}, "")
+    return {mac: replace(me, interface=None) for mac, me in known.items()}
 
-    A machine the spec does not know has NICs too: once any NIC has appeared and none
-    new has for `settle` seconds, it is what it is, and waiting longer would only delay it.
+
+def identity_files(spec: dict) -> dict[str, dict[str, str]]:
+    """What clusteros-identity copies into place at boot, by MAC (and for a machine the spec does not know).
+
+    The boot script only finds which MAC is here and copies its files: every decision is made
+    here, on the build host, by the one address plan.
     """
-    started = time.monotonic()
-    seen, changed = {}, started
-    while True:
-        nics = interfaces()
-        identity = resolve(spec, nics, machine_id)
-        now = time.monotonic()
-        if nics != seen:
-            seen, changed = nics, now
-        if identity.index is not None or now - started > timeout or (nics and now - changed >= settle):
-            return identity
-        time.sleep(0.2)
+    files = {mac: {"hostname": me.name + "\n", "hosts": hosts_file(spec, me),
+                   "lan.network": lan_network_unit(me, spec), "identity.json": me.to_json() + "\n"}
+             for mac, me in known_macs(spec).items()}
+    stranger = Identity(PLACEHOLDER_NAME, None, None, None, None, "auto")
+    files[UNKNOWN] = {"prefix": spec["node_naming"]["prefix"] + "\n", "hosts": hosts_file(spec, stranger),
+                      "identity.json": stranger.to_json() + "\n"}
+    return files
 
 
-def apply(spec: dict, root: Path = Path("/"), state_dir: Path = Path("/run/clusteros")) -> Identity:
-    machine_id = (root / "etc/machine-id").read_text().strip() if (root / "etc/machine-id").exists() else ""
-    identity = wait_for_identity(spec, machine_id)
-    _write(root / "etc/hostname", identity.name + "\n")
-    _write(root / "etc/hosts", hosts_file(spec, identity))
-    if identity.mac:
-        _write(root / "run/systemd/network/10-clusteros-lan.network", lan_network_unit(identity, spec))
-    _write(state_dir / "identity.json", identity.to_json() + "\n")
-    socket.sethostname(identity.name)
-    if identity.interface and root == Path("/"):
-        reconfigure_lan(identity.interface)
-    return identity
+def load(state_dir: Path = Path("/run/clusteros"), sys_net: Path = SYS_NET) -> Identity:
+    """This node's identity, as clusteros-identity.service wrote it at boot, with its LAN NIC's name."""
+    me = Identity(**json.loads((state_dir / "identity.json").read_text()))
+    return replace(me, interface=interface_of(me.mac, sys_net)) if me.mac else me
 
 
-def reconfigure_lan(interface: str) -> None:
-    """networkd may already run the LAN link with the generic DHCP config: hand it the cluster one."""
-    for argv in (["networkctl", "reload"], ["networkctl", "reconfigure", interface]):
-        subprocess.run(argv, check=False, timeout=30)
+def interface_of(mac: str, sys_net: Path = SYS_NET) -> str | None:
+    """The name of the NIC with this MAC (the table is made before the kernel names NICs)."""
+    for dev in sorted(sys_net.iterdir()) if sys_net.exists() else []:
+        try:
+            if (dev / "address").read_text().strip().lower() == mac:
+                return dev.name
+        except OSError:
+            continue
+    return None

@@ -120,6 +120,7 @@ def test_the_list_shows_size_model_and_state(machine):
 def test_every_shell_script_passes_shellcheck():
     scripts = [INIT, ROOT / "images/installer/udhcpc.script", ROOT / "images/common/provision.sh",
                ROOT / "images/common/overlay/usr/local/sbin/clusteros-growroot",
+               ROOT / "images/common/overlay/usr/local/sbin/clusteros-identity", ROOT / "images/vm-boot/init",
                ROOT / "images/common/overlay/usr/local/bin/clusteros-node", ROOT / "scripts/install-prereqs.sh",
                ROOT / ".ci/run"]
     out = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
