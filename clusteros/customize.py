@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 from clusteros import paths, runner
+from clusteros_node import identity
 
 AGENT_DIR = "usr/local/lib/clusteros"
 UNITS_ENABLED = ["systemd-networkd.service", "systemd-resolved.service", "ssh.service",
@@ -21,8 +22,22 @@ UNITS_ENABLED = ["systemd-networkd.service", "systemd-resolved.service", "ssh.se
 # The node-agent starts the SLURM daemon of the node's role; none starts by itself.
 UNITS_DISABLED = ["slurmctld.service", "slurmd.service"]
 OPTIONAL_UNITS = ["node-agent.service"]
-# Jobs that cost a node minutes of boot or reach for the internet on their own.
-UNITS_MASKED = ["e2scrub_reap.service", "e2scrub_all.timer", "apt-daily.timer", "apt-daily-upgrade.timer"]
+# Work a headless cluster node never needs, that costs it boot time, or reaches for the internet on its own.
+UNITS_MASKED = ["e2scrub_reap.service", "e2scrub_all.timer", "apt-daily.timer", "apt-daily-upgrade.timer",
+                "dpkg-db-backup.timer", "fstrim.timer", "getty@tty1.service", "systemd-pstore.service",
+                "systemd-binfmt.service", "proc-sys-fs-binfmt_misc.automount",
+                "systemd-update-utmp.service", "systemd-update-utmp-runlevel.service",
+                "modprobe@drm.service", "modprobe@dm_mod.service"]
+# Generators for setups a node never has (encrypted or verity disks, hibernation, SysV scripts): each
+# runs at every boot, and under emulation each costs a fraction of a second.
+GENERATORS_MASKED = ["systemd-cryptsetup-generator", "systemd-integritysetup-generator",
+                     "systemd-veritysetup-generator", "systemd-gpt-auto-generator",
+                     "systemd-hibernate-resume-generator", "systemd-debug-generator", "systemd-run-generator",
+                     "systemd-rc-local-generator", "systemd-sysv-generator", "systemd-system-update-generator"]
+# Kernel drivers a cluster node has no use for (sound, cameras and TV cards, industrial I/O and
+# measurement cards, ISDN, and staging drivers): 85 of the kernel's 390 MB, so less to write,
+# read back and verify at every install. Storage, network, GPU and InfiniBand drivers all stay.
+MODULES_PRUNED = ("sound", "drivers/media", "drivers/staging", "drivers/comedi", "drivers/isdn", "drivers/iio")
 LEAN_PATTERNS = ("var/cache/apt/*.bin", "var/cache/apt/archives/*.deb", "var/lib/apt/lists/*", "var/log/*.log",
                  "var/log/apt/*", "etc/ssh/ssh_host_*", "tmp/*", "var/tmp/*", "var/cache/debconf/*-old",
                  "var/lib/dpkg/*-old")
@@ -107,10 +122,17 @@ def install_agent(tree: Path, agent_pyz: Path, *, compile_agent: bool = True) ->
 
 
 def install_node_spec(tree: Path, node_spec: dict) -> None:
+    """The node's spec, and what clusteros-identity copies into place at boot, by MAC."""
     etc = tree / "etc" / "clusteros"
     etc.mkdir(parents=True, exist_ok=True)
     os.chmod(etc, 0o755)
     place_bytes(etc / "spec.json", (json.dumps(node_spec, indent=2, sort_keys=True) + "\n").encode())
+    table = etc / "identities"
+    if table.exists():
+        shutil.rmtree(table)
+    for row, files in identity.identity_files(node_spec).items():
+        for name, text in files.items():
+            place_bytes(table / row / name, text.encode())
 
 
 def install_secret(tree: Path, secret: Path) -> None:
@@ -167,13 +189,47 @@ def user_ids(tree: Path, name: str) -> tuple[int, int]:
     raise LookupError(f"user {name!r} is not in {tree}/etc/passwd")   # useradd just made it: a bug
 
 
+def resolved_after_sysinit(unit: str) -> str:
+    """systemd-resolved's unit, not holding up boot: not before sysinit.target or network.target.
+
+    Debian starts resolved before both, so everything (SSH included) waits for its start, five
+    seconds under emulation. Nothing on a node resolves names that early; programs that do order
+    themselves after nss-lookup.target, which resolved still comes before.
+    """
+    lines = []
+    for line in unit.splitlines():
+        if line.startswith("Before="):
+            kept = [u for u in line.removeprefix("Before=").split() if u not in ("sysinit.target", "network.target")]
+            line = "Before=" + " ".join(kept)
+        elif line == "WantedBy=sysinit.target":
+            line = "WantedBy=multi-user.target"
+        lines.append(line)
+    return ("# ClusterOS: Debian's unit, no longer before sysinit.target and network.target "
+            "(clusteros/customize.py).\n" + "\n".join(lines) + "\n")
+
+
+def override_resolved(tree: Path) -> None:
+    vendor = tree / "lib" / "systemd" / "system" / "systemd-resolved.service"
+    if not vendor.exists():
+        return
+    place_bytes(tree / "etc" / "systemd" / "system" / vendor.name, resolved_after_sysinit(vendor.read_text()).encode())
+    (tree / "etc" / "systemd" / "system" / "sysinit.target.wants" / vendor.name).unlink(missing_ok=True)
+
+
 def set_units(tree: Path) -> None:
+    override_resolved(tree)
     log = runner.log_path("image-units")
     present = [u for u in UNITS_ENABLED + OPTIONAL_UNITS if unit_exists(tree, u)]
     runner.run("image", ["systemctl", "--root", tree, "enable", *present], log=log)
     if disable := [u for u in UNITS_DISABLED if unit_exists(tree, u)]:
         runner.run("image", ["systemctl", "--root", tree, "disable", *disable], log=log, append=True)
     runner.run("image", ["systemctl", "--root", tree, "mask", *UNITS_MASKED], log=log, append=True)
+    runner.run("image", ["systemctl", "--root", tree, "set-default", "multi-user.target"], log=log, append=True)
+    for generator in GENERATORS_MASKED:
+        link = tree / "etc" / "systemd" / "system-generators" / generator
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to("/dev/null")
 
 
 def unit_exists(tree: Path, unit: str) -> bool:
@@ -189,6 +245,27 @@ def make_lean(tree: Path) -> None:
             elif path.name != "partial":
                 path.unlink()
     place_bytes(tree / "etc" / "machine-id", b"", 0o444)
+
+
+def mark_updated(tree: Path, epoch: int) -> None:
+    """Tell systemd that /etc and /var are up to date with /usr (systemd-update-done's stamps).
+
+    Without them every first boot of every node runs the ConditionNeedsUpdate= units
+    (sysusers, hwdb, ldconfig, the journal catalog): work the image build has done.
+    """
+    for stamp in (tree / "etc" / ".updated", tree / "var" / ".updated"):
+        place_bytes(stamp, f"# Written by ClusterOS's image build, as systemd-update-done would.\n"
+                           f"TIMESTAMP_NSEC={epoch * 10**9}\n".encode())
+        os.utime(stamp, (epoch, epoch))
+
+
+def prune_modules(tree: Path) -> None:
+    """Leave out MODULES_PRUNED, and have the image's own depmod index what stays."""
+    for version in sorted(p.name for p in (tree / "usr" / "lib" / "modules").iterdir()):
+        kernel = tree / "usr" / "lib" / "modules" / version / "kernel"
+        for folder in MODULES_PRUNED:
+            shutil.rmtree(kernel / folder, ignore_errors=True)
+        runner.run("image", ["chroot", tree, "/sbin/depmod", version], log=runner.log_path("image-depmod"), timeout=300)
 
 
 def clamp_times(tree: Path, epoch: int) -> None:

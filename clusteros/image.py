@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clusteros import customize, disk, paths, runner
+from clusteros import customize, disk, paths, runner, vmboot
 from clusteros.atomic import atomic_path, work_dir, write_json
 from clusteros.manifest import image_manifest
 
@@ -32,7 +32,7 @@ from clusteros.manifest import image_manifest
 DEFAULT_EPOCH = 1735689600  # 2025-01-01
 KERNEL_CMDLINE = "console=tty0 console=ttyS0,115200n8"
 # Bump when the base tree is made differently, so trees made the old way are not reused.
-BASE_RECIPE = 1
+BASE_RECIPE = 3
 
 
 def source_epoch() -> int:
@@ -121,7 +121,9 @@ def base_tree(inputs: ImageInputs) -> Path:
             customize.set_locale_and_time(new, inputs.image)
             customize.add_users(new, inputs.image["users"], list(inputs.default_keys))
             customize.make_lean(new)
+            customize.prune_modules(new)
             customize.clamp_times(new, source_epoch())
+            customize.mark_updated(new, source_epoch())
         os.replace(new, tree)
     stamp.write_text(key + "\n")
     return tree
@@ -149,13 +151,21 @@ def layered_tree(base: Path, into: Path, inputs: ImageInputs, ids: disk.DiskIds)
 # The whole stage
 
 
+def vm_boot_files(qcow2: Path) -> tuple[Path, Path]:
+    """The kernel and VM initramfs beside dist/<name>.qcow2 (clusteros.vmboot)."""
+    return qcow2.with_suffix(".vmlinuz"), qcow2.with_suffix(".vm-initrd.img")
+
+
 def build_image(inputs: ImageInputs, qcow2: Path, manifest: Path) -> None:
     disk_bytes = disk.parse_size(inputs.image["disk_size"])
     ids = inputs.disk_ids()
     base = base_tree(inputs)
+    kernel, initrd = vm_boot_files(qcow2)
     with work_dir("image-") as work:
         with runner.step("image", "the ClusterOS layer on a link copy of the base tree"):
             packages = layered_tree(base, work / "root", inputs, ids)
+        with runner.step("image", f"the test VMs' kernel and initramfs ({kernel.name}, {initrd.name})"):
+            version = vmboot.build(work / "root", kernel, initrd, work)
         raw = work / "disk.raw"
         with runner.step("image", f"writing a {inputs.image['disk_size']} GPT disk: BIOS boot, ESP, ext4 root"):
             disk.assemble(raw, work / "root", work, ids, disk_bytes, source_epoch())
@@ -167,5 +177,7 @@ def build_image(inputs: ImageInputs, qcow2: Path, manifest: Path) -> None:
                 disk={"size": disk_bytes, "root_fs_uuid": ids.root_fs, "disk_uuid": ids.disk},
                 inputs=inputs.spec_inputs, qcow2=tmp, qcow2_name=qcow2.name, packages=packages,
                 k3s_binary=inputs.k3s_binary)
+            record["vm_boot"] = {"kernel": kernel.name, "initrd": initrd.name, "kernel_version": version,
+                                 "cmdline": vmboot.cmdline(ids.root_fs, "wifi" in inputs.node_spec["network"])}
             write_json(manifest, record)
     runner.say("image", f"{qcow2}: {qcow2.stat().st_size / 2**20:.0f} MiB")
