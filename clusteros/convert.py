@@ -18,11 +18,15 @@ def to_raw(qcow2: Path, raw: Path) -> None:
     runner.say("raw", f"{raw}: {allocated(raw) / 2**20:.0f} MiB allocated of {raw.stat().st_size / 2**30:.1f} GiB")
 
 
+# gzip level 3: a third of level 6's time (9 s against 25 s on 2 cores) for a file 11% larger.
+GZIP_LEVEL = "-3"
+
+
 def compress(raw: Path, gz: Path) -> None:
     """gzip with every core (pigz), streamed from disk: the image is never held in memory."""
     cores = os.cpu_count() or 1
     with runner.step("gz", f"{raw.name} -> {gz.name} with pigz on {cores} cores"), atomic_path(gz) as tmp:
-        runner.run("gz", ["pigz", "--processes", str(cores), "--stdout", raw], stdout=tmp, timeout=3600)
+        runner.run("gz", ["pigz", GZIP_LEVEL, "--processes", str(cores), "--stdout", raw], stdout=tmp, timeout=3600)
         digest = sha256_file(tmp)
     write_text(gz.with_name(gz.name + ".sha256"), f"{digest}  {gz.name}\n")
     runner.say("gz", f"{gz}: {gz.stat().st_size / 2**20:.0f} MiB")

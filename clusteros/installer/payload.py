@@ -12,6 +12,7 @@ from typing import Iterator
 
 from clusteros import runner
 from clusteros.atomic import atomic_path, write_json
+from clusteros.convert import GZIP_LEVEL
 from clusteros.hashing import sha256_file
 
 MERGE_GAP = 1024 * 1024
@@ -90,7 +91,7 @@ def build_payload(raw: Path, data_gz: Path, description: Path) -> None:
     cores = os.cpu_count() or 1
     with runner.step("payload", f"packing the data of {raw.name} (its holes are left out)"), \
             atomic_path(data_gz) as tmp:
-        runner.run("payload", ["pigz", "--processes", str(cores), "--no-name", "--stdout"],
+        runner.run("payload", ["pigz", GZIP_LEVEL, "--processes", str(cores), "--no-name", "--stdout"],
                    stdin=_extents_read(raw, extents), stdout=tmp, timeout=3600)
         payload = Payload(data_gz, tuple(extents), sha256_file(tmp))
         write_json(description, {"data_gz": data_gz.name, "gz_sha256": payload.gz_sha256,

@@ -14,7 +14,7 @@ QEMU_NONE = ["qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display"
 
 @pytest.fixture
 def vm(tmp_path):
-    m = Machine("probe", tmp_path / "probe", qmp_timeout=1.0)
+    m = Machine("probe", tmp_path / "probe", qmp_timeout=0.5)
     yield m
     if m.is_alive():
         os.kill(m.pid(), signal.SIGKILL)
