@@ -2,7 +2,7 @@
 
 from doit.tools import config_changed
 
-from clusteros import accel, convert, customize, image, packer, rootfs, secrets
+from clusteros import accel, convert, customize, image, packer, rootfs, secrets, vmboot
 from clusteros.spec import image_view, node_view, rootfs_view
 from tasks.code import code_deps
 from tasks.context import dist, node_pyz, spec
@@ -42,9 +42,9 @@ def _native(s: dict, qcow2, manifest) -> dict:
     """The native build of `qcow2`: the image itself, or the base Packer starts from."""
     return {
         "actions": [(_build_native, [qcow2, manifest])],
-        "file_dep": _input_files(image_inputs(s)) + list(code_deps("clusteros.image")),
+        "file_dep": _input_files(image_inputs(s)) + [vmboot.init_script(), *code_deps("clusteros.image")],
         "task_dep": ["validate"],
-        "targets": [qcow2, manifest],
+        "targets": [qcow2, manifest, *image.vm_boot_files(qcow2)],
         "uptodate": [config_changed(image_view(s))],
         "clean": True,
     }

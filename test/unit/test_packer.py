@@ -8,7 +8,7 @@ import pytest
 from clusteros import agent, packer
 from clusteros.errors import ClusterOSError
 from clusteros.image import ImageInputs
-from clusteros.spec import check_spec_data, load_spec
+from clusteros.spec import check_spec_data, load_spec, node_view
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,7 +122,7 @@ def test_iso_build_inputs_are_complete_and_the_installed_packer_fully_validates_
     (tmp_path / "secret").write_bytes(b"s" * 32)
     work = tmp_path / "work"
     work.mkdir()
-    inputs = ImageInputs(name="lab", image=spec["image"], node_spec={"cluster": {"name": "lab"}},
+    inputs = ImageInputs(name="lab", image=spec["image"], node_spec=node_view(spec),
                          agent_pyz=tmp_path / "agent.pyz", secret=tmp_path / "secret", default_keys=())
     job = packer.PackerJob({"kind": "iso", "url": str(tmp_path / "noble.iso"), "sha256": sha}, work, tmp_path / "key",
                            "tcg", packer.installed_version())
