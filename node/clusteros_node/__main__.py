@@ -1,4 +1,10 @@
-"""node-agent entry point: `run` (the daemon), `status`."""
+"""clusteros-node: the node-agent (`run`), and what an owner asks of it on a node.
+
+    clusteros-node status [--json]         what this node's agent knows
+    clusteros-node approve FINGERPRINT     let the machine asking to join with that key in
+    clusteros-node forget NAME             drop a member's binding (a machine gone for good)
+    clusteros-node rotate < BUNDLE         take a new credential the owner signed, and hand it on
+"""
 
 from __future__ import annotations
 
@@ -14,23 +20,49 @@ def load_spec(path: str = SPEC_FILE) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="clusteros-node", description="ClusterOS node-agent")
-    parser.add_argument("--spec", default=SPEC_FILE, help="resolved cluster spec (default: %(default)s)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the agent: membership, WireGuard mesh, SLURM and K3s roles")
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clusteros-node", description="ClusterOS node-agent")
+    p.add_argument("--spec", default=SPEC_FILE, help="resolved cluster spec (default: %(default)s)")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the agent: membership, WireGuard mesh, SLURM and K3s roles")
+    run.add_argument("--root", type=Path, help="keep state under this folder (the rack test runs many agents)")
+    run.add_argument("--no-system", action="store_true", help="protocol only: change nothing on this machine")
     status = sub.add_parser("status", help="what this node's agent knows")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    args = parser.parse_args(argv)
+    sub.add_parser("approve", help="let a machine asking to join in").add_argument("fingerprint")
+    sub.add_parser("forget", help="forget a member that is gone for good").add_argument("name")
+    sub.add_parser("rotate", help="take a new credential (the owner's, from stdin) and hand it on")
+    return p
 
+
+def ask(request: dict) -> int:
+    from clusteros_node import control
+    from clusteros_node.places import Places
+    try:
+        answer = control.ask(Places().control_socket, request)
+    except OSError as why:
+        print(f"clusteros-node: cannot reach the agent ({why}); is node-agent.service running? (root only)",
+              file=sys.stderr)
+        return 2
+    print(answer["message"], file=sys.stdout if answer["ok"] else sys.stderr)
+    return 0 if answer["ok"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if args.command == "status":
         from clusteros_node import status as status_mod
         state = status_mod.load()
         print(json.dumps(state, indent=2) if args.json else status_mod.render(state))
         return 1 if "error" in state or state.get("stale") else 0
-    spec = load_spec(args.spec)
-    from clusteros_node import agent
-    return agent.main(spec)
+    if args.command in ("approve", "forget"):
+        return ask({args.command: getattr(args, "fingerprint" if args.command == "approve" else "name")})
+    if args.command == "rotate":
+        return ask({"rotate": sys.stdin.read()})
+    from clusteros_node import daemon
+    from clusteros_node.places import Places
+    places = Places.under(args.root) if args.root else Places()
+    return daemon.start(load_spec(args.spec), places, apply_system=not args.no_system)
 
 
 if __name__ == "__main__":

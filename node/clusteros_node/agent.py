@@ -1,141 +1,317 @@
-"""The node-agent daemon: announce, listen, and keep the node's part of the cluster in shape.
+"""The node-agent daemon of a member: announce, listen, and keep the node's part of the cluster in shape.
 
-A thread broadcasts a signed announcement on the cluster LAN every TICK seconds,
-so a slow step (systemctl waiting on a unit) never makes the node look dead to
-its peers. The main loop receives announcements and, every TICK, reconciles:
-wg0 peers with the members, SLURM and K3s with its role. Each step stands alone:
-one failing (say, slurmd not up yet) is logged and retried on the next tick
-without stopping the others.
+A thread broadcasts a signed announcement on the cluster LAN every TICK seconds, so a
+slow step (systemctl waiting on a unit) never makes the node look dead. The main loop
+takes what arrives (a bounded number of packets per tick, and a bounded rate per
+sender, so a flood cannot starve the rest) and every TICK reconciles: wg0 peers with
+the members, the controller (clusteros_node.election), SLURM, K3s and the clock with
+the node's role. Each step stands alone: one failing is logged and retried next tick.
+Nothing a packet carries can stop the agent: every message is checked field by field
+(clusteros_node.validate) and against what members hold (clusteros_node.registry), and
+an error while handling one drops that message, with a log line.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import select
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
 
-from clusteros_node import identity as identity_mod
+from clusteros_node import addressing, control, election, enroll, firewall, messages, slurm, system, timesync, transfer
+from clusteros_node import accounting as accounting_mod
+from clusteros_node import credential as credential_mod
+from clusteros_node import home as home_mod
 from clusteros_node import k3s as k3s_mod
-from clusteros_node import membership, messages, slurm, system, wireguard
+from clusteros_node import validate, wireguard
+from clusteros_node.identity import Identity
+from clusteros_node.places import Places
+from clusteros_node.ratelimit import Limiter, Throttled
+from clusteros_node.registry import AddressConflict, Refused, Registry
 
 PORT = 7946
 TICK = 2.0
-SETTLE = 3 * TICK            # listen this long before choosing a controller
-SECRET_FILE = Path("/etc/clusteros/cluster.secret")
-STATE_DIR = Path("/run/clusteros")
-KNOWN_FILE = Path("/var/lib/clusteros/known-nodes.json")
-DROP_LOG_EVERY = 60.0
+SETTLE = 3 * TICK              # listen this long before choosing a controller
+MAX_PER_TICK = 512             # packets taken between two reconciliations
+SENDER_RATE, SENDER_BURST = 10.0, 40.0
+ROTATION_GRACE = 60.0          # the previous credential's announcements are taken this long after a rotation
+SUPERSEDED_AFTER = 60.0        # hearing only a newer generation for this long: this node's credential was replaced
+PRUNE_EVERY = 3600.0
+SAVE_EVERY = 10.0
 
 
 def log(message: str) -> None:
     print(message, flush=True)
 
 
+class Sequence:
+    """Announcement numbers that only go up, across restarts: a block is written to disk before use."""
+
+    BLOCK = 1_000_000
+
+    def __init__(self, path: Path):
+        self.path, self.lock = path, threading.Lock()
+        try:
+            stored = int(path.read_text())
+        except (OSError, ValueError):
+            stored = 0
+        self.next, self.limit = stored + 1, stored
+        self._reserve()
+
+    def _reserve(self) -> None:
+        self.limit += self.BLOCK
+        system.write_if_changed(self.path, f"{self.limit}\n".encode(), mode=0o600)
+
+    def take(self) -> int:
+        with self.lock:
+            if self.next > self.limit:
+                self._reserve()
+            self.next += 1
+            return self.next - 1
+
+
 class Agent:
-    def __init__(self, spec: dict, me: identity_mod.Identity, secret: bytes):
-        self.spec, self.me, self.secret = spec, me, secret
+    def __init__(self, spec: dict, me: Identity, credential: credential_mod.Credential, places: Places,
+                 apply_system: bool = True):
+        self.spec, self.me, self.credential, self.places, self.apply_system = spec, me, credential, places, apply_system
         self.cluster = spec["cluster"]["name"]
-        self.key = messages.derive_key(secret, "clusteros announce")
-        self.verifier = messages.Verifier(self.key, self.cluster)
-        wg = spec["network"]["wireguard"]
-        self.wg_ip = membership.wg_address(spec, me.index, me.name)
-        self.wg_prefix = ipaddress.ip_network(wg["subnet"]).prefixlen
-        self.wg_port = wg["port"]
-        self.members = membership.Membership(self._load_known())
-        self.slurm = slurm.Slurm()
-        self.k3s = k3s_mod.K3s(spec["services"]["k3s"]["enabled"])
+        self.lock = threading.RLock()
+        self.retiring: dict[int, tuple[bytes, float]] = {}
+        self.wg_pubkey = self._keypair()
+        self.wg_ip = self._wg_address()
+        self.wg_prefix = int(spec["network"]["wireguard"]["subnet"].split("/")[1])
+        self.wg_port = spec["network"]["wireguard"]["port"]
+        self.registry = Registry(self._load_json("members.json"))
+        self.sequence = Sequence(places.lib / "announce-seq")
+        self.limiter, self.noisy = Limiter(SENDER_RATE, SENDER_BURST), Throttled(60.0)
+        self.pending, self.approvals = enroll.Pending(), enroll.Approvals()
+        self.slurm, self.k3s = slurm.Slurm(), k3s_mod.K3s(spec["services"]["k3s"]["enabled"])
+        self.home, self.accounting = home_mod.Home(), accounting_mod.Accounting()
         self.started = time.monotonic()
-        self.boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        self.boot_id = _read(Path("/proc/sys/kernel/random/boot_id")) or "00000000-0000-0000-0000-000000000000"
         self.controller: str | None = None
         self.errors: dict[str, str] = {}
-        self.dropped: dict[str, float] = {}
-        self.dropped_count = 0
-        self.wg_pubkey = ""
-        self.slurm_nodes: tuple[str, ...] = ()
+        self.counts = {"dropped": 0, "rate_limited": 0, "refused": 0}
+        self.newer_generation = 0
+        self.last_accepted = time.monotonic()
+        self.last_saved = self.last_pruned = 0.0
+        self.outbox: list[bytes] = []        # unsigned messages (offers) for the announce thread to send
 
-    # -- network -------------------------------------------------------------
+    # -- who this node is ---------------------------------------------------
 
-    def broadcast_address(self) -> str:
-        if self.me.address:
-            return str(ipaddress.ip_interface(self.me.address).network.broadcast_address)
-        return "255.255.255.255"
+    def _keypair(self) -> str:
+        if self.apply_system:
+            return wireguard.ensure_keypair(self.places.lib / "wireguard")
+        import base64   # --no-system (the rack test): no WireGuard, a stand-in key to be bound to
+        key = self.places.lib / "wg-standin.pub"
+        if not key.exists():
+            system.write_if_changed(key, base64.b64encode(os.urandom(32)) + b"\n")
+        return key.read_text().strip()
 
+    def _wg_address(self) -> str | None:
+        """Node i's plan address; otherwise the one an approval gave it or it claimed (kept on disk)."""
+        if self.me.index is not None:
+            return addressing.wg_address(self.spec["network"]["wireguard"]["subnet"], self.me.index)
+        return _read(self.places.lib / "wg-address")
+
+    def _claim_wg_address(self, taken: set[str]) -> None:
+        self.wg_ip = addressing.free_wg_address(self.spec["network"]["wireguard"]["subnet"], taken)
+        system.write_if_changed(self.places.lib / "wg-address", f"{self.wg_ip}\n".encode())
+        log(f"wg0: this node takes {self.wg_ip}")
+        self._step("wireguard", self._wg_interface)
+
+    @property
     def lan_ip(self) -> str:
         return self.me.address.split("/")[0] if self.me.address else ""
 
-    def announcement(self) -> bytes:
-        return messages.encode(self.payload(), self.key)
+    def keys(self) -> dict[int, bytes]:
+        now = time.monotonic()
+        self.retiring = {g: (k, until) for g, (k, until) in self.retiring.items() if until > now}
+        return {self.credential.generation: self.credential.announce_key} | {g: k for g, (k, _) in self.retiring.items()}
+
+    # -- what this node says ------------------------------------------------
 
     def payload(self) -> dict:
-        return messages.new_payload({
-            "cluster": self.cluster, "name": self.me.name, "index": self.me.index, "lan_ip": self.lan_ip(),
-            "wg_ip": self.wg_ip, "wg_pubkey": self.wg_pubkey, "wg_port": self.wg_port,
-            "cpus": os.cpu_count() or 1, "memory_mb": system.memory_mb(), "boot_id": self.boot_id,
-            "slurm_nodes": list(self.slurm_nodes),
-        })
+        return {"cluster": self.cluster, "generation": self.credential.generation, "name": self.me.name,
+                "index": self.me.index, "lan_ip": self.lan_ip, "wg_ip": self.wg_ip, "wg_pubkey": self.wg_pubkey,
+                "wg_port": self.wg_port, "cpus": os.cpu_count() or 1, "memory_mb": system.memory_mb(),
+                "boot_id": self.boot_id, "seq": self.sequence.take(), "controller": self.controller,
+                "slurm_nodes": list(self.slurm_nodes())}
+
+    def announcement(self) -> bytes:
+        return messages.encode_announcement(self.payload(), self.credential.generation, self.credential.announce_key)
+
+    def slurm_nodes(self) -> tuple[str, ...]:
+        return tuple(sorted(self.registry.bindings)) if self.controller == self.me.name else ()
+
+    # -- what it hears ------------------------------------------------------
 
     def receive(self, packet: bytes, sender: str) -> None:
-        try:
-            payload = self.verifier.verify(packet)
-        except messages.Rejected as why:
-            self.dropped_count += 1
-            now = time.monotonic()
-            if now - self.dropped.get(sender, -DROP_LOG_EVERY) >= DROP_LOG_EVERY:
-                log(f"dropped a packet from {sender}: {why}")
-                self.dropped[sender] = now
+        """Handle one packet. Nothing it holds can raise past here."""
+        if not self.limiter.allow(sender):
+            self.counts["rate_limited"] += 1
             return
-        if payload["name"] == self.me.name:
-            return   # our own broadcast, looped back: we count ourselves directly
-        if self.members.update(payload, time.time()):
-            log(f"member {payload['name']} at {payload['lan_ip']} (wg {payload['wg_ip']})")
-            self._save_known()
+        try:
+            with self.lock:
+                kind = messages.kind_of(packet)
+                if kind == messages.ANNOUNCE:
+                    self._heard_announcement(packet, sender)
+                elif kind == messages.ENROLL:
+                    self._heard_request(packet)
+        except (messages.Rejected, validate.Invalid, Refused) as why:
+            self._dropped(sender, why)
+        except Exception as why:   # noqa: BLE001 - a bug must cost one message, never the agent
+            self._dropped(sender, f"unexpected {type(why).__name__}: {why}")
 
-    # -- reconciliation ------------------------------------------------------
+    def _heard_announcement(self, packet: bytes, sender: str) -> None:
+        generation = messages.generation_of(packet)
+        if generation > self.credential.generation:
+            self.newer_generation = max(self.newer_generation, generation)
+        a = validate.announcement(messages.open_announcement(packet, self.keys()), self.spec)
+        if a.name == self.me.name:
+            if a.wg_pubkey != self.wg_pubkey or sender != self.lan_ip:
+                raise Refused(f"{sender} claims this node's name")
+            return   # our own broadcast, looped back
+        try:
+            changed = self.registry.accept(a, sender)
+        except AddressConflict as conflict:
+            self._settle_conflict(conflict)
+            raise
+        self.last_accepted = time.monotonic()
+        if changed:
+            log(f"member {a.name} at {a.lan_ip} (wg {a.wg_ip})")
+
+    def _settle_conflict(self, conflict: AddressConflict) -> None:
+        """Two machines picked one wg0 address: the one with the lower key keeps it."""
+        if conflict.holder == self.me.name and self.me.index is None and conflict.claimant.wg_pubkey < self.wg_pubkey:
+            log(f"wg0: {conflict.claimant.name} claims {self.wg_ip} too and wins the tie; choosing another")
+            self._claim_wg_address(self.registry.taken_wg_ips() | {self.wg_ip})
+
+    def _heard_request(self, packet: bytes) -> None:
+        req = enroll.request(messages.open_unsigned(packet), self.spec)
+        if req.wg_pubkey in self.approvals.by_key:
+            return
+        if req.wg_pubkey not in self.pending.requests:
+            log(f"{req.name} at {req.lan_ip} asks to join, key fingerprint {req.fingerprint}: "
+                f"approve it with `clusteros-node approve {req.fingerprint}`")
+        self.pending.heard(req)
+
+    def _dropped(self, sender: str, why) -> None:
+        self.counts["refused" if isinstance(why, Refused) else "dropped"] += 1
+        if self.noisy.due(sender):
+            log(f"dropped a packet from {sender}: {why}")
+
+    # -- keeping the node in shape --------------------------------------------
 
     def reconcile(self) -> None:
-        now = time.time()
-        if self.members.update(self.payload(), now):
-            self._save_known()
-        live = self.members.live(now)
-        self._step("wireguard", self._mesh)
-        if time.monotonic() - self.started < SETTLE:
+        with self.lock:
+            self._record_self()
+            if self.wg_ip is None and time.monotonic() - self.started >= SETTLE:
+                self._claim_wg_address(self.registry.taken_wg_ips())
+            self._step("wireguard", self._mesh)
+            self._housekeeping()
+            if time.monotonic() - self.started < SETTLE or self.wg_ip is None:
+                return
+            self._elect()
+            self._roles()
+            self._offer_approvals()
+
+    def _record_self(self) -> None:
+        if self.wg_ip is None or not self.lan_ip:
             return
-        controller = membership.controller(self.spec, [m.name for m in live])
-        if controller != self.controller:
-            log(f"controller: {controller}")
-            self.controller = controller
-        if controller is None:
+        payload = self.payload()
+        self.registry.record(validate.announcement(payload, self.spec))
+
+    def _elect(self) -> None:
+        live = self.registry.live()
+        view = election.View(
+            live=frozenset(m.name for m in live), follows={m.name: m.last.controller for m in live},
+            current=self.controller, silent_for=self.registry.silent_for(),
+            marked=tuple(n["name"] for n in self.spec["nodes"] if n["role"] == "controller"),
+            listed=tuple(n["name"] for n in self.spec["nodes"]), up_for=time.monotonic() - self.started)
+        chosen = election.choose(view)
+        if chosen != self.controller:
+            log(f"controller: {chosen}")
+            self.controller = chosen
+
+    def _roles(self) -> None:
+        leader = self.registry.bindings.get(self.controller) if self.controller else None
+        if leader is None:
             return
-        leader = self.members.members.get(controller)
-        controller_ip = leader.wg_ip if leader else None
-        if controller_ip is None:
+        role = "controller" if self.controller == self.me.name else "worker"
+        if not self.apply_system:
             return
-        role = "controller" if controller == self.me.name else "worker"
-        if self.spec["services"]["slurm"]["enabled"]:
-            self._step("slurm", lambda: self._slurm(role, controller, controller_ip, leader))
-        self._step("k3s", lambda: self.k3s.ensure(role, self.secret, self.wg_ip, controller_ip))
+        slurm_spec = self.spec["services"]["slurm"]
+        if slurm_spec["enabled"]:
+            if slurm_spec["shared_home"]:
+                self._step("home", self._home)
+            if slurm_spec["accounting"] and self.me.name == slurm_spec["storage_node"]:
+                self._step("accounting", self._accounting)
+            self._step("slurm", lambda: self._slurm(role, leader.wg_ip))
+        self._step("k3s", lambda: self.k3s.ensure(role, self.credential.secret, self.wg_ip, leader.wg_ip))
+        self._step("time", lambda: timesync.ensure(role, leader.wg_ip))
+
+    def _storage_wg_ip(self) -> str:
+        """The storage node is one the spec lists, so its wg0 address is fixed by its index."""
+        name = self.spec["services"]["slurm"]["storage_node"]
+        index = next(n["index"] for n in self.spec["nodes"] if n["name"] == name)
+        return addressing.wg_address(self.spec["network"]["wireguard"]["subnet"], index)
+
+    def _home(self) -> None:
+        storage = self.spec["services"]["slurm"]["storage_node"]
+        if self.me.name == storage:
+            self.home.as_server(self.spec["network"]["wireguard"]["subnet"])
+        elif storage in {m.name for m in self.registry.live()}:   # mounted once there is a way to it
+            self.home.as_client(self._storage_wg_ip())
+
+    def _accounting(self) -> None:
+        slurm.ensure_munge(self.credential.secret)
+        self.accounting.ensure()
+
+    def _slurm(self, role: str, controller_ip: str) -> None:
+        slurm.ensure_munge(self.credential.secret)
+        if role == "controller":
+            slurm_spec = self.spec["services"]["slurm"]
+            nodes = {name: {"wg_ip": b.wg_ip, "cpus": b.cpus, "memory_mb": b.memory_mb}
+                     for name, b in self.registry.bindings.items()}
+            dbd = self._storage_wg_ip() if slurm_spec["accounting"] else None
+            self.slurm.as_controller(slurm.render_conf(self.cluster, self.me.name, controller_ip, nodes,
+                                                       slurm_spec["partitions"], accounting_host=dbd))
+        else:
+            leader = self.registry.members.get(self.controller)
+            registered = leader is not None and self.me.name in leader.last.slurm_nodes
+            self.slurm.as_worker(controller_ip, registered=registered)
 
     def _mesh(self) -> None:
-        for change in wireguard.sync_peers(self.members.mesh_peers(self.me.name)):
+        if not self.apply_system or self.wg_ip is None:
+            return
+        peers = {b.wg_pubkey: {"name": name, "endpoint": f"{b.lan_ip}:{b.wg_port}", "allowed_ip": f"{b.wg_ip}/32"}
+                 for name, b in self.registry.bindings.items() if name != self.me.name and b.lan_ip}
+        for change in wireguard.sync_peers(peers):
             log(f"wg0: {change}")
 
-    def _slurm(self, role: str, controller: str, controller_ip: str, leader: membership.Member) -> None:
-        slurm.ensure_munge(self.secret)
-        if role == "controller":
-            nodes = dict(self.members.known)
-            conf = slurm.render_conf(self.cluster, controller, controller_ip, nodes,
-                                     self.spec["services"]["slurm"]["partitions"])
-            self.slurm.as_controller(conf)
-            self.slurm_nodes = tuple(sorted(nodes))
-        else:
-            self.slurm.as_worker(controller_ip, registered=self.me.name in leader.slurm_nodes)
-            self.slurm_nodes = ()
+    def _wg_interface(self) -> None:
+        if self.apply_system and self.wg_ip is not None:
+            wireguard.ensure_interface(self.wg_ip, self.wg_prefix, self.wg_port, self.places.lib / "wireguard")
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if self.newer_generation and now - self.last_accepted > SUPERSEDED_AFTER:
+            system.write_if_changed(self.places.lib / "superseded", f"{self.credential.generation}\n".encode())
+            log(f"credential: the cluster moved on to generation {self.newer_generation}; this node's "
+                f"({self.credential.generation}) no longer counts: asking to join again")
+            raise SystemExit(3)
+        if now - self.last_pruned >= PRUNE_EVERY:
+            self.last_pruned = now
+            for name in self.registry.prune():
+                log(f"forgot {name}: not heard for a week")
+        if now - self.last_saved >= SAVE_EVERY:
+            self.last_saved = now
+            system.write_if_changed(self.places.lib / "members.json",
+                                    (json.dumps(self.registry.state(), indent=2) + "\n").encode(), mode=0o600)
 
     def _step(self, name: str, work) -> None:
         try:
@@ -147,93 +323,221 @@ class Agent:
                 log(f"{name}: {message} (retrying every {TICK:.0f}s)")
             self.errors[name] = message
 
-    # -- state ---------------------------------------------------------------
-
-    def _load_known(self) -> dict:
+    def _load_json(self, name: str) -> dict:
         try:
-            return json.loads(KNOWN_FILE.read_text())
+            data = json.loads((self.places.lib / name).read_text())
+            return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
             return {}
 
-    def _save_known(self) -> None:
-        system.write_if_changed(KNOWN_FILE, json.dumps(self.members.known, indent=2, sort_keys=True).encode())
+    # -- enrollment and rotation (from the control socket and wg0) -----------------
+
+    def _offer_approvals(self) -> None:
+        for approval in self.approvals.current():
+            offer = {"cluster": self.cluster, "to": approval.request.wg_pubkey, "wg_ip": approval.wg_ip,
+                     "server_pubkey": self.wg_pubkey, "server_endpoint": f"{self.lan_ip}:{self.wg_port}",
+                     "server_wg_ip": self.wg_ip}
+            self.outbox.append(messages.encode_unsigned(messages.OFFER, offer))
+
+    def approve(self, fingerprint: str) -> str:
+        with self.lock:
+            req = self.pending.find(fingerprint)
+            if req is None:
+                raise ValueError(f"no machine asking to join has the fingerprint {fingerprint} "
+                                 "(`clusteros-node status` lists those that do)")
+            bound = self.registry.bindings.get(req.name)
+            if bound is not None and bound.wg_pubkey != req.wg_pubkey:
+                raise ValueError(f"{req.name} is bound to another key: if that machine is gone for good, "
+                                 f"`clusteros-node forget {req.name}` first")
+            wg_ip = bound.wg_ip if bound else self._address_for(req)
+            self.registry.bind(req.name, req.wg_pubkey, wg_ip, req.lan_ip, req.wg_port)
+            self.approvals.add(req, wg_ip)
+            self.pending.drop(req.wg_pubkey)
+        log(f"approved {req.name} ({req.fingerprint}): wg0 {wg_ip}")
+        return f"approved {req.name} ({req.fingerprint}): it takes wg0 {wg_ip} and joins within a minute"
+
+    def _address_for(self, req: enroll.Request) -> str:
+        """A machine in the spec's MAC range takes its plan address; any other the lowest free one above them."""
+        subnet = self.spec["network"]["wireguard"]["subnet"]
+        if req.index is not None:
+            return addressing.wg_address(subnet, req.index)
+        return addressing.free_wg_address(subnet, self.registry.taken_wg_ips())
+
+    def forget(self, name: str) -> str:
+        with self.lock:
+            if name == self.me.name or not self.registry.forget(name):
+                raise ValueError(f"{name} is not a member this node knows (or is this node)")
+        log(f"forgot {name}, on request")
+        return f"forgot {name}: a machine with that name can be approved (or join) again"
+
+    def credential_for(self, peer: str) -> bytes | None:
+        """The credential, for the wg0 address of a candidate this member approved (transfer.Server)."""
+        with self.lock:
+            approval = self.approvals.served_from(peer)
+            if approval is None:
+                return None
+            self.approvals.done(approval.request.wg_pubkey)
+            return self.credential.raw
+
+    def rotate(self, raw: bytes, hand_on: bool = True) -> str:
+        """Take a newer credential the owner signed; the member it was given to hands it on to the others."""
+        new = credential_mod.parse(raw, self.cluster, self.places.owner_key)
+        with self.lock:
+            if new.generation <= self.credential.generation:
+                return f"already at generation {self.credential.generation}"
+            old = self.credential
+            self.retiring[old.generation] = (old.announce_key, time.monotonic() + ROTATION_GRACE)
+            credential_mod.keep(new, self.places.lib / "credential.json")
+            self.credential = new
+            targets = {name: b.wg_ip for name, b in self.registry.bindings.items()
+                       if name != self.me.name and name in {m.name for m in self.registry.live()}}
+        log(f"credential: generation {new.generation} ({new.fingerprint}) replaces {old.generation}")
+        reached = [name for name, ip in sorted(targets.items()) if hand_on and self._push(name, ip, raw)]
+        return f"generation {new.generation} here" + (f", and handed to {', '.join(reached)}" if reached else "")
+
+    def _push(self, name: str, wg_ip: str, raw: bytes) -> bool:
+        try:
+            transfer.push(wg_ip, enroll.CREDENTIAL_PORT, raw)
+            return True
+        except OSError as why:
+            log(f"credential: could not hand generation on to {name}: {why}")
+            return False
+
+    def pushed(self, raw: bytes, peer: str) -> None:
+        if peer not in {b.wg_ip for b in self.registry.bindings.values()}:
+            raise ValueError("a credential pushed from an address no member holds")
+        log(f"credential: {self.rotate(raw, hand_on=False)} (pushed from {peer})")
+
+    def control(self, request: dict) -> str:
+        if "approve" in request:
+            return self.approve(str(request["approve"]))
+        if "forget" in request:
+            return self.forget(str(request["forget"]))
+        if "rotate" in request:
+            return self.rotate(str(request["rotate"]).encode())
+        raise ValueError("unknown request")
+
+    # -- status -------------------------------------------------------------
 
     def status(self) -> dict:
-        now = time.time()
-        peers = wireguard.current_peers() if Path("/sys/class/net/wg0").exists() else {}
-        by_key = {m.wg_pubkey: m.name for m in self.members.members.values()}
-        return {
-            "name": self.me.name, "lan_address": self.me.address, "wg_address": self.wg_ip,
-            "role": "controller" if self.controller == self.me.name else ("worker" if self.controller else "electing"),
-            "controller": self.controller,
-            "members": [{"name": m.name, "lan_ip": m.lan_ip, "wg_ip": m.wg_ip, "live": m.live(now),
-                         "last_seen": round(now - m.last_seen, 1)} for m in sorted(self.members.members.values(),
-                                                                                   key=lambda m: m.name)],
-            "wireguard": [{"peer": by_key.get(k, k[:8]), "endpoint": p["endpoint"],
-                           "latest_handshake": p["latest_handshake"]} for k, p in sorted(peers.items())],
-            "slurm": self.slurm.state() if self.spec["services"]["slurm"]["enabled"] else {"role": "disabled"},
-            "k3s": self.k3s.state(),
-            "dropped_packets": self.dropped_count,
-            "errors": dict(self.errors),   # a copy: the announce thread writes it too
-            "updated": now,
-        }
+        with self.lock:
+            live = {m.name for m in self.registry.live()}
+            silent = self.registry.silent_for()
+            peers = wireguard.current_peers() if self.apply_system and Path("/sys/class/net/wg0").exists() else {}
+            by_key = {b.wg_pubkey: name for name, b in self.registry.bindings.items()}
+            return {
+                "mode": "member", "name": self.me.name, "lan_address": self.me.address, "wg_address": self.wg_ip,
+                "role": "controller" if self.controller == self.me.name else ("worker" if self.controller else "electing"),
+                "controller": self.controller,
+                "credential": {"generation": self.credential.generation, "id": self.credential.fingerprint},
+                "members": [{"name": name, "lan_ip": b.lan_ip, "wg_ip": b.wg_ip, "live": name in live,
+                             "last_seen": round(silent[name], 1) if name in silent else None}
+                            for name, b in sorted(self.registry.bindings.items())],
+                "pending": [{"name": r.name, "lan_ip": r.lan_ip, "fingerprint": r.fingerprint, "asked": round(age)}
+                            for r, age in self.pending.current()],
+                "wireguard": [{"peer": by_key.get(k, k[:8]), "endpoint": p["endpoint"],
+                               "latest_handshake": p["latest_handshake"]} for k, p in sorted(peers.items())],
+                "slurm": self.slurm.state() if self.spec["services"]["slurm"]["enabled"] else {"role": "disabled"},
+                "k3s": self.k3s.state() if self.apply_system else "not applied",
+                "storage": self._storage_state(),
+                "dropped_packets": self.counts["dropped"], "refused_packets": self.counts["refused"],
+                "rate_limited_packets": self.counts["rate_limited"],
+                "newer_credential_seen": self.newer_generation or None,
+                "errors": dict(self.errors), "updated": time.time(),
+            }
+
+    def _storage_state(self) -> dict:
+        slurm_spec = self.spec["services"]["slurm"]
+        if not (self.apply_system and slurm_spec["enabled"]):
+            return {"node": slurm_spec["storage_node"]}
+        state = {"node": slurm_spec["storage_node"]}
+        if slurm_spec["shared_home"]:
+            state["home"] = self.home.state()
+        if slurm_spec["accounting"] and self.me.name == slurm_spec["storage_node"]:
+            state["accounting"] = self.accounting.state()
+        return state
 
     def write_status(self) -> None:
-        system.write_if_changed(STATE_DIR / "status.json", (json.dumps(self.status(), indent=2) + "\n").encode())
+        system.write_if_changed(self.places.run / "status.json", (json.dumps(self.status(), indent=2) + "\n").encode())
 
-    # -- main loop -----------------------------------------------------------
+    # -- main loop ----------------------------------------------------------
 
     def run(self) -> None:
-        self.wg_pubkey = wireguard.ensure_keypair()
-        self._step("wireguard", lambda: wireguard.ensure_interface(self.wg_ip, self.wg_prefix, self.wg_port))
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        sock.bind(("", PORT))
-        log(f"node-agent: {self.me.name}, LAN {self.me.address or '-'}, wg0 {self.wg_ip}, "
-            f"announcing to {self.broadcast_address()}:{PORT}")
+        self._step("wireguard", self._wg_interface)
+        if self.apply_system:
+            self._step("firewall", lambda: firewall.apply(self.me.interface, PORT))
+        sock = open_socket(self.me.interface)
+        if self.wg_ip and self.apply_system:
+            self._step("credential service", lambda: setattr(self, "server", transfer.Server(
+                self.wg_ip, enroll.CREDENTIAL_PORT, self.credential_for, self.pushed, log)))
+        control.Server(self.places.control_socket, self.control, log)
+        log(f"node-agent: {self.me.name}, LAN {self.me.address or '-'}, wg0 {self.wg_ip or '(to be chosen)'}, "
+            f"credential generation {self.credential.generation}, announcing to {broadcast(self.me)}:{PORT}")
         threading.Thread(target=self._announce_forever, args=(sock,), name="announce", daemon=True).start()
-        next_tick = 0.0
-        while True:
-            wait = next_tick - time.monotonic()
-            if wait > 0:
-                self._receive(sock, wait)
-                continue
-            # What arrived while the last reconcile ran must count before liveness is judged.
-            while self._receive(sock, 0):
-                pass
-            self.reconcile()
-            self.write_status()
-            next_tick = time.monotonic() + TICK
+        loop(sock, self.receive, self._tick, self._excess)
 
-    def _receive(self, sock: socket.socket, wait: float) -> bool:
-        """Handle one announcement if one arrives within `wait` seconds."""
-        ready, _, _ = select.select([sock], [], [], wait)
-        if not ready:
-            return False
-        packet, (sender, _) = sock.recvfrom(messages.MAX_PACKET + 1)
-        self.receive(packet, sender)
-        return True
+    def _tick(self) -> None:
+        self.reconcile()
+        self.write_status()
+
+    def _excess(self) -> None:
+        self.counts["rate_limited"] += 1
 
     def _announce_forever(self, sock: socket.socket) -> None:
         while True:
             try:
-                sock.sendto(self.announcement(), (self.broadcast_address(), PORT))
+                if self.wg_ip and self.lan_ip:
+                    sock.sendto(self.announcement(), (broadcast(self.me), PORT))
+                while self.outbox:
+                    sock.sendto(self.outbox.pop(), (broadcast(self.me), PORT))
                 self.errors.pop("announce", None)
             except OSError as exc:
                 self.errors["announce"] = str(exc)
             time.sleep(TICK)
 
 
-def main(spec: dict) -> int:
+# --------------------------------------------------------------------------
+# Shared by members and candidates
+
+
+def open_socket(interface: str | None) -> socket.socket:
+    """UDP on PORT, on the cluster LAN's interface only (SO_BINDTODEVICE), broadcast allowed."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    if interface:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+    sock.bind(("", PORT))
+    return sock
+
+
+def broadcast(me: Identity) -> str:
+    import ipaddress
+    return str(ipaddress.ip_interface(me.address).network.broadcast_address) if me.address else "255.255.255.255"
+
+
+def loop(sock: socket.socket, receive, tick, on_excess=lambda: None, budget: int = MAX_PER_TICK) -> None:
+    """Handle packets until the next tick, then tick; for ever. Past `budget` packets in one tick the
+    rest are read and thrown away (`on_excess` counts them): a flood costs reads, and the tick comes on time."""
+    next_tick = 0.0
+    while True:
+        taken = 0
+        while (wait := next_tick - time.monotonic()) > 0:
+            ready, _, _ = select.select([sock], [], [], wait)
+            if not ready:
+                break
+            packet, (sender, _) = sock.recvfrom(messages.MAX_PACKET + 1)
+            if taken < budget:
+                receive(packet, sender)
+                taken += 1
+            else:
+                on_excess()
+        tick()
+        next_tick = time.monotonic() + TICK
+
+
+def _read(path: Path) -> str | None:
     try:
-        me = identity_mod.load(STATE_DIR)
-    except (OSError, ValueError, TypeError) as exc:
-        log(f"node-agent: no identity in {STATE_DIR}/identity.json ({exc}): has clusteros-identity.service run?")
-        return 1
-    Agent(spec, me, SECRET_FILE.read_bytes().strip()).run()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(json.loads(Path("/etc/clusteros/spec.json").read_text())))
+        return path.read_text().strip() or None
+    except OSError:
+        return None

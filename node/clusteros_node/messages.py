@@ -1,9 +1,17 @@
-"""Signed announcements: what nodes say to each other on the LAN.
+"""What nodes say to each other on the cluster LAN, and how a packet is turned back into it.
 
-A packet is MAGIC + HMAC-SHA256(announce key, payload) + payload (JSON). The
-announce key is derived from the cluster secret, so a node of another cluster,
-or anyone without the secret, cannot forge one. A timestamp that must move
-forward per sender (and stay near the receiver's clock) stops replays.
+A member's announcement: MAGIC + generation (8 bytes) + HMAC-SHA256 + JSON body. The MAC
+is keyed by the announcement key of that generation of the cluster credential (derived
+from its secret: a machine without the credential can neither forge nor read-and-alter
+one) and covers the generation too. The generation travels in the clear so that a node
+holding an old credential learns that it was replaced, and asks to enroll again.
+
+An enrollment request (a machine without a credential asking to join) and an offer (a
+member answering the request the owner approved) carry no MAC: nobody can vouch for a
+stranger. They say only what the WireGuard handshake that follows will prove.
+
+Freshness is not judged by the sender's clock: the registry refuses a sequence number
+that does not move forward.
 """
 
 from __future__ import annotations
@@ -11,14 +19,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
-import time
-from dataclasses import dataclass, field
+import struct
 
-MAGIC = b"COS1"
+ANNOUNCE = b"COS2"
+ENROLL = b"COSE"
+OFFER = b"COSO"
 MAC_SIZE = 32
+GENERATION = struct.Struct(">Q")
 MAX_PACKET = 8192
-MAX_SKEW = 60.0
+
+
+class Rejected(Exception):
+    """A packet that is not a valid message of this cluster: dropped, with this reason logged."""
 
 
 def derive_key(secret: bytes, label: str, length: int = 32) -> bytes:
@@ -31,43 +43,65 @@ def derive_key(secret: bytes, label: str, length: int = 32) -> bytes:
     return out[:length]
 
 
-class Rejected(Exception):
-    """A packet that is not a valid, fresh announcement of this cluster."""
+def announce_key(secret: bytes) -> bytes:
+    return derive_key(secret, "clusteros announce v2")
 
 
-def encode(payload: dict, key: bytes) -> bytes:
-    body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-    return MAGIC + hmac.new(key, body, hashlib.sha256).digest() + body
+def _body(payload: dict) -> bytes:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
 
 
-def new_payload(fields: dict, now: float | None = None) -> dict:
-    return dict(fields, ts=now if now is not None else time.time(), nonce=os.urandom(8).hex())
+def encode_announcement(payload: dict, generation: int, key: bytes) -> bytes:
+    head = ANNOUNCE + GENERATION.pack(generation)
+    body = _body(payload)
+    return head + hmac.new(key, head + body, hashlib.sha256).digest() + body
 
 
-@dataclass
-class Verifier:
-    key: bytes
-    cluster: str
-    max_skew: float = MAX_SKEW
-    last_ts: dict[str, float] = field(default_factory=dict)
+def encode_unsigned(kind: bytes, payload: dict) -> bytes:
+    return kind + _body(payload)
 
-    def verify(self, packet: bytes, now: float | None = None) -> dict:
-        now = time.time() if now is None else now
-        if len(packet) > MAX_PACKET or not packet.startswith(MAGIC) or len(packet) < len(MAGIC) + MAC_SIZE + 2:
-            raise Rejected("not a ClusterOS announcement")
-        mac, body = packet[len(MAGIC):len(MAGIC) + MAC_SIZE], packet[len(MAGIC) + MAC_SIZE:]
-        if not hmac.compare_digest(mac, hmac.new(self.key, body, hashlib.sha256).digest()):
-            raise Rejected("bad MAC (wrong cluster secret, or forged)")
-        try:
-            payload = json.loads(body)
-            name, ts = str(payload["name"]), float(payload["ts"])
-        except (ValueError, KeyError, TypeError):
-            raise Rejected("malformed payload") from None
-        if payload.get("cluster") != self.cluster:
-            raise Rejected(f"announcement for cluster {payload.get('cluster')!r}")
-        if abs(now - ts) > self.max_skew:
-            raise Rejected(f"timestamp {now - ts:+.0f}s away from this node's clock")
-        if ts <= self.last_ts.get(name, 0.0):
-            raise Rejected(f"replayed announcement from {name}")
-        self.last_ts[name] = ts
-        return payload
+
+def kind_of(packet: bytes) -> bytes:
+    if len(packet) > MAX_PACKET or len(packet) < 6:
+        raise Rejected(f"{len(packet)} bytes: not a ClusterOS message")
+    kind = packet[:4]
+    if kind not in (ANNOUNCE, ENROLL, OFFER):
+        raise Rejected("not a ClusterOS message")
+    return kind
+
+
+def generation_of(packet: bytes) -> int:
+    if len(packet) < len(ANNOUNCE) + GENERATION.size + MAC_SIZE + 2:
+        raise Rejected("announcement too short")
+    return GENERATION.unpack_from(packet, len(ANNOUNCE))[0]
+
+
+def open_announcement(packet: bytes, keys: dict[int, bytes]) -> dict:
+    """The payload of an announcement MACed with the key of one of `keys` (generation -> key)."""
+    generation = generation_of(packet)
+    key = keys.get(generation)
+    if key is None:
+        raise Rejected(f"credential generation {generation}, not one this node holds")
+    head_size = len(ANNOUNCE) + GENERATION.size
+    mac, body = packet[head_size:head_size + MAC_SIZE], packet[head_size + MAC_SIZE:]
+    if not hmac.compare_digest(mac, hmac.new(key, packet[:head_size] + body, hashlib.sha256).digest()):
+        raise Rejected("bad MAC (wrong cluster secret, or forged)")
+    return _json(body)
+
+
+def open_unsigned(packet: bytes) -> dict:
+    return _json(packet[4:])
+
+
+def _json(body: bytes) -> dict:
+    try:
+        payload = json.loads(body, parse_constant=_no_constants)
+    except (ValueError, RecursionError):
+        raise Rejected("malformed payload") from None
+    if not isinstance(payload, dict):
+        raise Rejected("malformed payload")
+    return payload
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not a number here")   # NaN, Infinity: JSON extensions Python would accept

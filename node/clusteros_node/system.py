@@ -7,10 +7,18 @@ import subprocess
 from pathlib import Path
 
 
-def run(*argv: str, check: bool = True, timeout: float = 60) -> str:
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+class CommandError(RuntimeError):
+    """A command the agent ran failed; its message names the program, never its input."""
+
+
+def run(*argv: str, check: bool = True, timeout: float = 60, stdin: str | None = None) -> str:
+    """Run a command; its output. Secrets go through `stdin` or files, never through argv."""
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=stdin)
+    except subprocess.TimeoutExpired:
+        raise CommandError(f"{argv[0]} did not finish in {timeout:.0f}s") from None
     if check and out.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {out.returncode}: {out.stderr.strip() or out.stdout.strip()}")
+        raise CommandError(f"{' '.join(argv)} exited {out.returncode}: {out.stderr.strip() or out.stdout.strip()}")
     return out.stdout
 
 
@@ -35,6 +43,12 @@ def write_if_changed(path: Path, data: bytes, mode: int = 0o644, owner: tuple[in
 
 def unit_state(unit: str) -> str:
     return run("systemctl", "is-active", unit, check=False).strip() or "unknown"
+
+
+def unit_states(*units: str) -> dict[str, str]:
+    """Several units' states from one systemctl (each one costs a process, and time under emulation)."""
+    states = run("systemctl", "is-active", *units, check=False).split()
+    return {unit: state for unit, state in zip(units, states + ["unknown"] * (len(units) - len(states)))}
 
 
 def memory_mb() -> int:

@@ -19,8 +19,7 @@ def ensure_keypair(key_dir: Path = KEY_DIR) -> str:
         key_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(key_dir, 0o700)
         system.write_if_changed(private, system.run("wg", "genkey").encode(), mode=0o600)
-    out = system.run("sh", "-c", f"wg pubkey < {private}")
-    return out.strip()
+    return system.run("wg", "pubkey", stdin=private.read_text()).strip()
 
 
 def ensure_interface(address: str, prefixlen: int, port: int, key_dir: Path = KEY_DIR) -> None:

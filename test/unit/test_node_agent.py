@@ -1,15 +1,30 @@
-"""The node-agent's logic: message signing and rejection, roles, addresses, slurm.conf, identity."""
+"""The node-agent's logic: messages, field checks, bindings, election, enrollment, credentials, the
+files it writes. The agent itself runs here in-process (`apply_system=False`: it changes nothing
+on this machine), fed real packets."""
 
-import time
+import base64
+import configparser
+import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from clusteros.spec import load_spec, node_view
-from clusteros_node import identity, membership, messages, slurm, status
+from clusteros_node import (accounting, credential, election, enroll, firewall, home, identity, messages, registry,
+                            slurm, status, timesync, validate)
+from clusteros_node.agent import Agent
+from clusteros_node.places import Places
+from clusteros_node.ratelimit import Limiter
 
 ROOT = Path(__file__).resolve().parents[2]
-KEY = messages.derive_key(b"s" * 32, "clusteros announce")
+SECRET = b"s" * 32
+KEY = messages.announce_key(SECRET)
+
+
+def wg_key(n: int) -> str:
+    return base64.b64encode(bytes([n]) * 32).decode()
 
 
 @pytest.fixture
@@ -17,124 +32,381 @@ def spec():
     return node_view(load_spec(ROOT / "cluster.yaml"))
 
 
-def announcement(name="node2", ts=None, cluster="democluster", **extra):
-    payload = {"cluster": cluster, "name": name, "index": 2, "lan_ip": "10.42.0.12", "wg_ip": "10.99.0.2",
-               "wg_pubkey": "K" * 44, "wg_port": 51820, "cpus": 2, "memory_mb": 980, "boot_id": "b", **extra}
-    return messages.new_payload(payload, ts)
+def payload(name="node2", index=2, seq=1, **extra):
+    fields = {"cluster": "democluster", "generation": 1, "name": name, "index": index,
+              "lan_ip": f"10.42.0.{10 + index}" if index else "10.42.0.90",
+              "wg_ip": f"10.99.0.{index}" if index else "10.99.0.70", "wg_pubkey": wg_key(index or 70),
+              "wg_port": 51820, "cpus": 2, "memory_mb": 980, "boot_id": "0b5e6a3c-64b0-4d7f-9d1c-2b8f3c1a4e5d",
+              "seq": seq, "controller": None, "slurm_nodes": []}
+    return fields | extra
 
 
-# -- signing ---------------------------------------------------------------
-
-def test_a_signed_announcement_is_accepted():
-    verifier = messages.Verifier(KEY, "democluster")
-    payload = verifier.verify(messages.encode(announcement(), KEY))
-    assert payload["name"] == "node2" and payload["wg_ip"] == "10.99.0.2"
+def signed(fields: dict, generation: int = 1, key: bytes = KEY) -> bytes:
+    return messages.encode_announcement(fields, generation, key)
 
 
-def test_a_wrong_key_is_rejected():
-    other = messages.derive_key(b"x" * 32, "clusteros announce")
+# -- messages -------------------------------------------------------------------
+
+def test_an_announcement_opens_with_its_generations_key_only():
+    packet = signed(payload())
+    assert messages.open_announcement(packet, {1: KEY})["name"] == "node2"
     with pytest.raises(messages.Rejected, match="bad MAC"):
-        messages.Verifier(KEY, "democluster").verify(messages.encode(announcement(), other))
+        messages.open_announcement(packet, {1: messages.announce_key(b"x" * 32)})
+    with pytest.raises(messages.Rejected, match="generation 1, not one this node holds"):
+        messages.open_announcement(packet, {2: KEY})
 
 
-def test_a_tampered_payload_is_rejected():
-    packet = bytearray(messages.encode(announcement(), KEY))
-    packet[-5] ^= 1
-    with pytest.raises(messages.Rejected, match="bad MAC"):
-        messages.Verifier(KEY, "democluster").verify(bytes(packet))
+def test_the_generation_is_under_the_mac_too():
+    packet = bytearray(signed(payload()))
+    packet[11] ^= 2            # generation 1 -> 3, in the clear part
+    with pytest.raises(messages.Rejected):
+        messages.open_announcement(bytes(packet), {1: KEY, 3: KEY})
 
 
-def test_a_replayed_announcement_is_rejected():
-    verifier = messages.Verifier(KEY, "democluster")
-    packet = messages.encode(announcement(), KEY)
-    verifier.verify(packet)
-    with pytest.raises(messages.Rejected, match="replayed"):
-        verifier.verify(packet)
-
-
-def test_an_older_announcement_after_a_newer_one_is_rejected():
-    verifier = messages.Verifier(KEY, "democluster")
-    now = time.time()
-    verifier.verify(messages.encode(announcement(ts=now), KEY), now=now)
-    with pytest.raises(messages.Rejected, match="replayed"):
-        verifier.verify(messages.encode(announcement(ts=now - 1), KEY), now=now)
-
-
-def test_a_stale_or_future_timestamp_is_rejected():
-    verifier = messages.Verifier(KEY, "democluster")
-    now = time.time()
-    for ts in (now - 120, now + 120):
-        with pytest.raises(messages.Rejected, match="away from this node's clock"):
-            verifier.verify(messages.encode(announcement(ts=ts), KEY), now=now)
-
-
-def test_another_clusters_announcement_is_rejected_even_with_the_key():
-    with pytest.raises(messages.Rejected, match="cluster 'other'"):
-        messages.Verifier(KEY, "democluster").verify(messages.encode(announcement(cluster="other"), KEY))
-
-
-@pytest.mark.parametrize("packet", [b"", b"hello", b"COS1" + b"\0" * 40, b"COS1" + b"x" * 9000])
+@pytest.mark.parametrize("packet", [b"", b"hello", b"COS2" + b"\0" * 40, b"COS2" + b"x" * 9000, b"COSE{not json"])
 def test_garbage_is_rejected(packet):
     with pytest.raises(messages.Rejected):
-        messages.Verifier(KEY, "democluster").verify(packet)
+        kind = messages.kind_of(packet)
+        if kind == messages.ANNOUNCE:
+            messages.open_announcement(packet, {0: KEY})
+        else:
+            messages.open_unsigned(packet)
+
+
+def test_nan_and_infinity_are_not_numbers_here():
+    with pytest.raises(messages.Rejected):
+        messages.open_unsigned(b'COSE{"seq": NaN}')
 
 
 def test_derived_keys_differ_by_purpose_and_are_stable():
-    secret = b"a" * 32
-    assert messages.derive_key(secret, "x") == messages.derive_key(secret, "x")
-    assert messages.derive_key(secret, "x") != messages.derive_key(secret, "y")
-    assert len(slurm.munge_key(secret)) == 128 and slurm.munge_key(secret) != slurm.munge_key(b"b" * 32)
+    assert messages.derive_key(SECRET, "x") == messages.derive_key(SECRET, "x") != messages.derive_key(SECRET, "y")
+    assert len(slurm.munge_key(SECRET)) == 128 and slurm.munge_key(SECRET) != slurm.munge_key(b"b" * 32)
 
 
-# -- membership and roles ----------------------------------------------------
+# -- field checks -----------------------------------------------------------------
 
-def test_members_go_down_when_they_stop_announcing():
-    window = membership.LIVE_SECONDS
-    table = membership.Membership()
-    table.update(announcement("node2"), now=100.0)
-    table.update(announcement("node3"), now=105.0)
-    assert [m.name for m in table.live(100.0 + window)] == ["node2", "node3"]
-    assert [m.name for m in table.live(100.0 + window + 1)] == ["node3"]
-    assert set(table.known) == {"node2", "node3"}, "a node that went down stays known (slurm shows it DOWN)"
+def test_a_good_announcement_becomes_typed(spec):
+    a = validate.announcement(payload(), spec)
+    assert (a.name, a.index, a.wg_ip, a.seq) == ("node2", 2, "10.99.0.2", 1)
 
 
-def test_mesh_keeps_a_peer_that_stopped_announcing_and_follows_a_new_key():
-    def member(number, key):
-        return announcement(f"node{number}", index=number, lan_ip=f"10.42.0.1{number}",
-                            wg_ip=f"10.99.0.{number}", wg_pubkey=key * 44)
-    table = membership.Membership()
-    for number, key in ((1, "A"), (2, "B"), (3, "C")):
-        table.update(member(number, key), now=100.0)
-    peers = table.mesh_peers("node1")
-    assert sorted(p["name"] for p in peers.values()) == ["node2", "node3"], "never itself"
-    assert table.live(1000.0) == [] and table.mesh_peers("node1") == peers, "a silent member keeps its tunnel"
-    table.update(member(3, "N"), now=1001.0)
-    peers = table.mesh_peers("node1")
-    assert sorted(peers) == ["B" * 44, "N" * 44], "node3's old key is gone"
-    assert peers["N" * 44] == {"name": "node3", "endpoint": "10.42.0.13:51820", "allowed_ip": "10.99.0.3/32"}
+@pytest.mark.parametrize("change,field", [
+    ({"name": "node2\nPrologSlurmctld=/tmp/x"}, "name"), ({"name": ""}, "name"), ({"name": 7}, "name"),
+    ({"seq": float("nan")}, "seq"), ({"seq": True}, "seq"), ({"seq": -1}, "seq"), ({"cpus": 0}, "cpus"),
+    ({"memory_mb": "980"}, "memory_mb"), ({"lan_ip": "10.43.0.12"}, "lan_ip"), ({"lan_ip": "10.42.0.255"}, "lan_ip"),
+    ({"wg_ip": "0.0.0.0/0"}, "wg_ip"), ({"wg_ip": "10.99.0.9"}, "wg_ip"), ({"wg_pubkey": "x"}, "wg_pubkey"),
+    ({"index": 65}, "index"), ({"boot_id": "b"}, "boot_id"), ({"controller": "Node1"}, "controller"),
+    ({"slurm_nodes": ["a"] * 300}, "slurm_nodes"), ({"slurm_nodes": ["ok", "bad name"]}, "slurm_nodes"),
+    ({"cluster": "other"}, "cluster"), ({"generation": 0}, "generation"),
+])
+def test_every_bad_field_is_named(spec, change, field):
+    with pytest.raises(validate.Invalid, match=field):
+        validate.announcement(payload() | change, spec)
 
 
-def test_controller_is_the_lowest_named_live_node(spec):
-    assert membership.controller(spec, ["node2", "node3", "node1"]) == "node1"
-    assert membership.controller(spec, ["node3", "node2"]) == "node2"
-    assert membership.controller(spec, []) is None
+def test_a_missing_field_is_named(spec):
+    fields = payload()
+    del fields["wg_port"]
+    with pytest.raises(validate.Invalid, match="wg_port: missing"):
+        validate.announcement(fields, spec)
 
 
-def test_controller_from_the_spec_wins(spec):
-    spec["nodes"][2]["role"] = "controller"
-    assert membership.controller(spec, ["node1", "node2", "node3"]) == "node3"
-    assert membership.controller(spec, ["node1", "node2"]) == "node3", "a named controller is not replaced"
+# -- bindings, replay, liveness ---------------------------------------------------
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
 
 
-def test_wireguard_addresses_are_stable(spec):
-    assert membership.wg_address(spec, 1, "node1") == "10.99.0.1"
-    assert membership.wg_address(spec, 3, "node3") == "10.99.0.3"
-    unknown = membership.wg_address(spec, None, "node-ab12cd34")
-    assert unknown == membership.wg_address(spec, None, "node-ab12cd34")
-    assert 100 <= int(unknown.rsplit(".", 1)[1]) < 200
+def test_a_name_belongs_to_the_key_it_came_with(spec):
+    table = registry.Registry()
+    table.accept(validate.announcement(payload(), spec), "10.42.0.12")
+    with pytest.raises(registry.Refused, match="bound to another WireGuard key"):
+        table.accept(validate.announcement(payload(seq=2, wg_pubkey=wg_key(9)), spec), "10.42.0.12")
+    with pytest.raises(registry.Refused, match="presents node2's WireGuard key"):
+        table.accept(validate.announcement(payload("node3", 3, wg_pubkey=wg_key(2)), spec), "10.42.0.13")
 
 
-# -- slurm.conf ---------------------------------------------------------------
+def test_a_wg_address_and_a_lan_address_cannot_be_borrowed(spec):
+    table = registry.Registry()
+    table.accept(validate.announcement(payload(index=None, name="node-a"), spec), "10.42.0.90")
+    with pytest.raises(registry.AddressConflict, match="node-b claims 10.99.0.70, which node-a holds"):
+        table.accept(validate.announcement(payload(index=None, name="node-b", wg_pubkey=wg_key(71),
+                                                   lan_ip="10.42.0.91"), spec), "10.42.0.91")
+    with pytest.raises(registry.Refused, match="says it is at 10.42.0.12 but spoke from 10.42.0.13"):
+        table.accept(validate.announcement(payload(seq=5), spec), "10.42.0.13")
+
+
+def test_a_replay_is_refused_and_the_sequence_survives_a_restart(spec):
+    table = registry.Registry()
+    table.accept(validate.announcement(payload(seq=10), spec), "10.42.0.12")
+    for seq in (10, 9):
+        with pytest.raises(registry.Refused, match="a replay"):
+            table.accept(validate.announcement(payload(seq=seq), spec), "10.42.0.12")
+    restarted = registry.Registry(json.loads(json.dumps(table.state())))
+    with pytest.raises(registry.Refused, match="a replay"):
+        restarted.accept(validate.announcement(payload(seq=10), spec), "10.42.0.12")
+    restarted.accept(validate.announcement(payload(seq=11), spec), "10.42.0.12")
+
+
+def test_liveness_is_monotonic_and_departed_members_are_pruned(spec):
+    mono, wall = Clock(), Clock()
+    table = registry.Registry(clock=mono, wall=wall)
+    table.accept(validate.announcement(payload(), spec), "10.42.0.12")
+    wall.now -= 10_000            # the wall clock steps back: liveness does not care
+    assert [m.name for m in table.live()] == ["node2"]
+    mono.now += registry.LIVE_SECONDS + 1
+    assert table.live() == [] and table.silent_for()["node2"] > registry.LIVE_SECONDS
+    mono.now += registry.PRUNE_AFTER
+    assert table.prune() == ["node2"] and table.bindings == {}
+
+
+def test_the_table_is_bounded(spec):
+    table = registry.Registry()
+    for n in range(registry.MAX_MEMBERS):
+        table.bindings[f"n{n}"] = registry.Binding(base64.b64encode(n.to_bytes(32, "big")).decode(),
+                                                   f"10.98.{n // 250}.{n % 250}", "", 1, 0, 0)
+    with pytest.raises(registry.Refused, match="table is full"):
+        table.accept(validate.announcement(payload(), spec), "10.42.0.12")
+
+
+# -- election -------------------------------------------------------------------
+
+def view(live, follows=None, current=None, silent=None, marked=(), listed=(), up_for=float("inf")):
+    return election.View(frozenset(live), follows or {n: None for n in live}, current, silent or {}, tuple(marked),
+                         tuple(listed), up_for)
+
+
+def test_a_new_cluster_takes_the_lowest_name():
+    assert election.choose(view(["node2", "node1", "node3"])) == "node1"
+
+
+def test_a_new_node_waits_a_while_for_the_preferred_controller_then_leads_without_it():
+    listed = ("node1", "node2", "node3")
+    early = view(["node3"], listed=listed, up_for=10.0)
+    assert election.choose(early) is None, "node1 may still be booting"
+    assert election.choose(view(["node3", "node1"], listed=listed, up_for=12.0)) == "node1"
+    assert election.choose(view(["node3", "node2"], listed=listed, up_for=election.FORMING)) == "node2"
+    marked = view(["node1", "node3"], marked=("node3",), listed=listed, up_for=1.0)
+    assert election.choose(marked) == "node3", "the marked node is here: no wait"
+
+
+def test_a_node_that_followed_a_controller_does_not_wait_when_it_goes():
+    follows = {"node2": "node1", "node3": "node1"}
+    late = view(["node2", "node3"], follows, "node1", {"node1": 90.0}, listed=("node1", "node2", "node3"), up_for=5.0)
+    assert election.choose(late) == "node2"
+
+
+def test_a_node_joining_a_running_cluster_follows_it_even_with_a_lower_name():
+    follows = {"node2": "node2", "node3": "node2", "node1": None}
+    assert election.choose(view(["node1", "node2", "node3"], follows)) == "node2"
+
+
+def test_a_silent_controller_keeps_its_role_for_the_grace_period_then_the_lowest_live_takes_over():
+    follows = {"node2": "node1", "node3": "node1"}
+    assert election.choose(view(["node2", "node3"], follows, "node1", {"node1": 25.0})) == "node1"
+    assert election.choose(view(["node2", "node3"], follows, "node1", {"node1": 25.0 + election.GRACE})) == "node2"
+
+
+def test_a_wall_clock_step_changes_nothing_since_nothing_here_is_wall_clock():
+    follows = {"node1": "node1", "node2": "node1", "node3": "node1"}
+    assert election.choose(view(["node1", "node2", "node3"], follows, "node1")) == "node1"
+
+
+def test_a_healed_partition_keeps_the_controller_most_follow():
+    follows = {"node1": "node1", "node2": "node1", "node3": "node1", "node4": "node4", "node5": "node4"}
+    live = follows.keys()
+    assert election.choose(view(live, follows, "node4")) == "node1"
+    assert election.choose(view(live, follows, "node1")) == "node1"
+
+
+def test_spec_marked_controllers_keep_the_role_among_themselves():
+    marked = ("ctl-a", "ctl-b")
+    assert election.choose(view(["w1", "ctl-b", "ctl-a"], marked=marked)) == "ctl-a"
+    follows = {"w1": "ctl-b", "ctl-b": "ctl-b", "ctl-a": None}
+    assert election.choose(view(["w1", "ctl-b", "ctl-a"], follows, marked=marked)) == "ctl-b", "no flap back"
+    assert election.choose(view(["w1"], {"w1": "w1"}, marked=marked)) == "ctl-a", "never an unmarked node"
+
+
+# -- enrollment -----------------------------------------------------------------
+
+def test_fingerprints_are_short_stable_and_tell_keys_apart():
+    assert enroll.fingerprint(wg_key(1)) == enroll.fingerprint(wg_key(1)) != enroll.fingerprint(wg_key(2))
+    assert len(enroll.fingerprint(wg_key(1))) == 14 and enroll.fingerprint(wg_key(1)).count("-") == 2
+
+
+def test_requests_are_checked_kept_bounded_and_found_by_fingerprint(spec):
+    clock = Clock()
+    pending = enroll.Pending(clock)
+    for n in range(enroll.PENDING_MAX + 5):
+        pending.heard(enroll.request({"cluster": "democluster", "name": f"node-{n:08x}", "lan_ip": "10.42.0.200",
+                                      "wg_pubkey": wg_key(n), "wg_port": 51820}, spec))
+    assert len(pending.current()) == enroll.PENDING_MAX
+    last = enroll.fingerprint(wg_key(enroll.PENDING_MAX + 4))
+    assert pending.find(last.lower().replace("-", " ")).name == f"node-{enroll.PENDING_MAX + 4:08x}"
+    clock.now += enroll.PENDING_FOR + 1
+    assert pending.current() == []
+    with pytest.raises(validate.Invalid):
+        enroll.request({"cluster": "democluster", "name": "x y", "lan_ip": "10.42.0.200", "wg_pubkey": wg_key(1),
+                        "wg_port": 51820}, spec)
+
+
+# -- credentials ------------------------------------------------------------------
+
+@pytest.fixture
+def owner(tmp_path):
+    key = tmp_path / "owner"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return key
+
+
+def bundle(owner: Path, generation: int = 1, cluster: str = "democluster", secret: bytes = SECRET) -> bytes:
+    body = {"cluster": cluster, "generation": generation, "secret": secret.hex(), "ssh_keys": {"admin": [
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE2 test"]}}
+    message = owner.with_name("message")
+    message.write_bytes(credential.signed_message(body))
+    message.with_suffix(".sig").unlink(missing_ok=True)
+    subprocess.run(["ssh-keygen", "-Y", "sign", "-q", "-f", str(owner), "-n", credential.NAMESPACE, str(message)],
+                   check=True)
+    return json.dumps({"credential": body, "signature": message.with_suffix(".sig").read_text()}).encode()
+
+
+def test_a_credential_the_owner_signed_is_taken(owner):
+    got = credential.parse(bundle(owner), "democluster", owner.with_suffix(".pub"))
+    assert (got.generation, got.secret, got.ssh_keys["admin"][0].split()[0]) == (1, SECRET, "ssh-ed25519")
+
+
+def test_a_credential_anyone_else_signed_or_altered_is_refused(owner, tmp_path):
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    with pytest.raises(credential.BadCredential, match="not signed by this cluster's owner"):
+        credential.parse(bundle(stranger), "democluster", owner.with_suffix(".pub"))
+    altered = json.loads(bundle(owner))
+    altered["credential"]["secret"] = (b"t" * 32).hex()
+    with pytest.raises(credential.BadCredential, match="not signed by this cluster's owner"):
+        credential.parse(json.dumps(altered).encode(), "democluster", owner.with_suffix(".pub"))
+    with pytest.raises(credential.BadCredential, match="cluster 'other'"):
+        credential.parse(bundle(owner, cluster="other"), "democluster", owner.with_suffix(".pub"))
+
+
+def test_the_highest_generation_wins_and_is_kept_0600(owner, tmp_path):
+    (tmp_path / "a").write_bytes(bundle(owner, 1))
+    (tmp_path / "b").write_bytes(bundle(owner, 2, secret=b"u" * 32))
+    (tmp_path / "c").write_bytes(b"{broken")
+    best, notes = credential.load("democluster", (tmp_path / "a", tmp_path / "b", tmp_path / "c", tmp_path / "none"),
+                                  owner.with_suffix(".pub"))
+    assert best.generation == 2 and len(notes) == 1 and "not a credential bundle" in notes[0]
+    credential.keep(best, tmp_path / "kept" / "credential.json")
+    assert oct((tmp_path / "kept" / "credential.json").stat().st_mode & 0o777) == "0o600"
+
+
+# -- the agent, in-process, fed real packets ----------------------------------------
+
+@pytest.fixture
+def agent(spec, owner, tmp_path):
+    places = Places.under(tmp_path / "node")
+    for folder in (places.run, places.lib, places.etc):
+        folder.mkdir(parents=True)
+    (places.etc / "owner.pub").write_bytes(owner.with_suffix(".pub").read_bytes())
+    me = identity.Identity("node1", 1, spec["nodes"][0]["mac"], None, "10.42.0.11/24", "auto")
+    cred = credential.parse(bundle(owner), "democluster", places.owner_key)
+    return Agent(spec, me, cred, places, apply_system=False)
+
+
+def test_the_agent_admits_a_member_and_refuses_one_claiming_its_name(agent, spec):
+    agent.receive(signed(payload()), "10.42.0.12")
+    assert "node2" in agent.registry.members
+    agent.receive(signed(payload("node1", 1, wg_pubkey=wg_key(9), lan_ip="10.42.0.13", wg_ip="10.99.0.1")), "10.42.0.13")
+    assert agent.registry.bindings["node2"].wg_pubkey == wg_key(2) and agent.counts["refused"] == 1
+
+
+def test_the_agent_announces_what_it_checks(agent, spec):
+    opened = messages.open_announcement(agent.announcement(), {1: agent.credential.announce_key})
+    a = validate.announcement(opened, spec)
+    assert (a.name, a.wg_ip, a.lan_ip) == ("node1", "10.99.0.1", "10.42.0.11")
+    assert validate.announcement(messages.open_announcement(agent.announcement(), agent.keys()), spec).seq > a.seq
+
+
+def fuzzed(rng, spec) -> bytes:
+    """A signed announcement with one field replaced by something odd, or random bytes after a valid header."""
+    fields = payload(rng.choice(["node2", "node3"]), rng.choice([2, 3]), seq=rng.randrange(1, 10**6))
+    odd = [None, "", "x" * 5000, -1, 2**70, 1.5, float("inf"), [], {}, True, "10.99.0.0", "0.0.0.0/0",
+           "node1\nPrologSlurmctld=/bin/sh", "../../etc", wg_key(1), "10.42.0.11", {"a": [1, {"b": 2}]}]
+    kind = rng.random()
+    if kind < 0.7:
+        fields[rng.choice(list(fields))] = rng.choice(odd)
+    elif kind < 0.8:
+        del fields[rng.choice(list(fields))]
+    elif kind < 0.9:
+        return messages.ANNOUNCE + (1).to_bytes(8, "big") + os.urandom(rng.randrange(0, 200))
+    else:
+        packet = bytearray(signed(fields))
+        packet[rng.randrange(len(packet))] ^= 1 << rng.randrange(8)
+        return bytes(packet)
+    try:
+        return signed(fields)
+    except (ValueError, TypeError):
+        return signed(payload())
+
+
+def test_thousands_of_malformed_signed_messages_change_nothing(agent, spec):
+    import random
+    rng = random.Random(1234)
+    agent.receive(signed(payload("node2", 2, seq=1)), "10.42.0.12")
+    agent.receive(signed(payload("node3", 3, seq=1)), "10.42.0.13")
+    before = json.dumps(agent.registry.state(), sort_keys=True)
+    conf_before = agent_conf(agent)
+    accepted = 0
+    for _ in range(5000):
+        packet = fuzzed(rng, spec)
+        sender = rng.choice(["10.42.0.12", "10.42.0.13", "10.42.0.99"])
+        seen = dict(agent.registry.bindings)
+        agent.limiter = Limiter(1e9, 1e9)      # the fuzz is not a flood: every packet is handled
+        agent.receive(packet, sender)
+        if agent.registry.bindings != seen:
+            # Only a fully valid announcement from its own address may move the table on (a newer seq).
+            accepted += 1
+    after = json.loads(json.dumps(agent.registry.state()))
+    assert {n: (b["wg_pubkey"], b["wg_ip"], b["lan_ip"]) for n, b in after.items()} == \
+           {n: (b["wg_pubkey"], b["wg_ip"], b["lan_ip"]) for n, b in json.loads(before).items()}
+    assert agent_conf(agent) == conf_before
+    assert agent.counts["dropped"] + agent.counts["refused"] >= 5000 - accepted
+
+
+def agent_conf(agent) -> str:
+    nodes = {n: {"wg_ip": b.wg_ip, "cpus": b.cpus, "memory_mb": b.memory_mb} for n, b in agent.registry.bindings.items()}
+    return slurm.render_conf("democluster", "node1", "10.99.0.1", nodes, [{"name": "main", "default": True}])
+
+
+def test_a_flood_from_one_sender_is_cut_and_others_still_get_through(agent):
+    for seq in range(1, 2000):
+        agent.receive(signed(payload("node3", 3, seq=seq)), "10.42.0.13")
+    assert agent.counts["rate_limited"] > 1900
+    agent.receive(signed(payload()), "10.42.0.12")
+    assert "node2" in agent.registry.members
+
+
+def test_approval_binds_the_candidate_and_its_credential_is_served_once(agent, spec):
+    req = {"cluster": "democluster", "name": "node-00c0ffee", "lan_ip": "10.42.0.200", "wg_pubkey": wg_key(77),
+           "wg_port": 51820}
+    agent.receive(messages.encode_unsigned(messages.ENROLL, req), "10.42.0.200")
+    with pytest.raises(ValueError, match="no machine asking to join"):
+        agent.approve("AAAA-BBBB-CCCC")
+    answer = agent.approve(enroll.fingerprint(wg_key(77)))
+    assert "approved node-00c0ffee" in answer
+    wg_ip = agent.registry.bindings["node-00c0ffee"].wg_ip
+    assert int(wg_ip.rsplit(".", 1)[1]) > 64, "above the indexed nodes' addresses"
+    assert agent.credential_for("10.99.0.3") is None
+    assert agent.credential_for(wg_ip) == agent.credential.raw
+    assert agent.credential_for(wg_ip) is None, "served once"
+    agent._offer_approvals()
+    assert agent.outbox == [], "a served approval is no longer offered"
+
+
+# -- what the agent writes ------------------------------------------------------------
 
 def test_slurm_conf_lists_every_known_node_with_its_resources():
     nodes = {"node2": {"wg_ip": "10.99.0.2", "cpus": 2, "memory_mb": 1900},
@@ -142,60 +414,149 @@ def test_slurm_conf_lists_every_known_node_with_its_resources():
     conf = slurm.render_conf("lab", "node1", "10.99.0.1", nodes,
                              [{"name": "main", "default": True, "max_time": "INFINITE"},
                               {"name": "big", "nodes": ["node2"], "max_time": "1-00:00:00"}])
-    assert "SlurmctldHost=node1(10.99.0.1)" in conf
-    assert "SlurmctldParameters=enable_configless" in conf
+    assert "SlurmctldHost=node1(10.99.0.1)" in conf and "SlurmctldParameters=enable_configless" in conf
     assert conf.index("NodeName=node1 NodeAddr=10.99.0.1 CPUs=1 RealMemory=980") < conf.index("NodeName=node2")
     assert "PartitionName=main Nodes=node1,node2 Default=YES MaxTime=INFINITE State=UP" in conf
     assert "PartitionName=big Nodes=node2 Default=NO MaxTime=1-00:00:00 State=UP" in conf
 
 
-# -- identity -----------------------------------------------------------------
-
-def test_identity_by_mac_from_the_spec(spec):
-    me = identity.resolve(spec, {"enp0s2": spec["nodes"][1]["mac"], "enp0s3": "52:54:01:00:00:02"}, "abc")
-    assert (me.name, me.address, me.interface, me.index) == ("node2", "10.42.0.12/24", "enp0s2", 2)
-
-
-def test_identity_by_the_clusters_vm_mac_range_beyond_the_spec(spec):
-    mac = spec["node_naming"]["mac_prefix"] + ":05"
-    me = identity.resolve(spec, {"ens3": mac}, "abc")
-    assert (me.name, me.address, me.index) == ("node5", "10.42.0.15/24", 5)
+def test_slurm_conf_confines_jobs_by_cgroup_and_wires_mpi_by_pmix():
+    conf = agent_conf_for(accounting_host=None)
+    for line in ("ProctrackType=proctrack/cgroup", "TaskPlugin=task/cgroup,task/affinity",
+                 "JobAcctGatherType=jobacct_gather/cgroup", "MpiDefault=pmix", "SelectTypeParameters=CR_Core_Memory",
+                 "AccountingStorageType=accounting_storage/none"):
+        assert line in conf.splitlines(), line
+    with_dbd = agent_conf_for(accounting_host="10.99.0.1").splitlines()
+    assert "AccountingStorageType=accounting_storage/slurmdbd" in with_dbd
+    assert "AccountingStorageHost=10.99.0.1" in with_dbd
 
 
-def test_unknown_hardware_is_named_by_machine_id_and_claims_no_nic(spec):
-    me = identity.resolve(spec, {"eno1": "3c:ec:ef:11:22:33"}, "0123456789abcdef")
-    assert (me.name, me.address, me.mac, me.interface) == ("node-01234567", None, None, None)
+def agent_conf_for(accounting_host):
+    return slurm.render_conf("lab", "node1", "10.99.0.1", {"node1": {"wg_ip": "10.99.0.1", "cpus": 2, "memory_mb": 900}},
+                             [{"name": "main", "default": True}], accounting_host=accounting_host)
 
 
-def test_lan_network_unit_needs_no_dhcp(spec):
-    me = identity.resolve(spec, {"enp0s2": spec["nodes"][0]["mac"]}, "")
-    unit = identity.lan_network_unit(me, spec)
-    assert f"MACAddress={spec['nodes'][0]['mac']}" in unit
-    assert "Address=10.42.0.11/24" in unit and "DHCP=no" in unit
+def test_cgroup_conf_holds_a_step_to_its_cores_memory_and_devices():
+    conf = dict(line.split("=", 1) for line in slurm.render_cgroup_conf().splitlines() if "=" in line)
+    assert conf == {"CgroupPlugin": "cgroup/v2", "ConstrainCores": "yes", "ConstrainRAMSpace": "yes",
+                    "AllowedRAMSpace": "100", "ConstrainSwapSpace": "yes", "AllowedSwapSpace": "0",
+                    "ConstrainDevices": "yes"}
 
 
-def test_hosts_file_names_every_node(spec):
-    me = identity.resolve(spec, {"enp0s2": spec["nodes"][0]["mac"]}, "")
-    hosts = identity.hosts_file(spec, me)
-    assert "10.42.0.12\tnode2" in hosts and "127.0.1.1\tnode1" in hosts
+def test_new_nodes_restart_slurmctld_and_then_every_slurmd_is_told(monkeypatch, tmp_path):
+    calls, states = [], {"slurmctld.service": "active", "slurmd.service": "active"}
+    monkeypatch.setattr(slurm, "SLURM_CONF", tmp_path / "slurm.conf")
+    monkeypatch.setattr(slurm, "CGROUP_CONF", tmp_path / "cgroup.conf")
+    monkeypatch.setattr(slurm, "SLURMD_DEFAULTS", tmp_path / "slurmd")
+    monkeypatch.setattr(slurm.system, "run", lambda *argv, **kw: calls.append(argv) or "")
+    monkeypatch.setattr(slurm.system, "unit_state", lambda unit: states[unit])
+    daemons = slurm.Slurm()
+    daemons.role = "controller"
+    two = {"node1": {"wg_ip": "10.99.0.1", "cpus": 1, "memory_mb": 900}}
+    three = two | {"node2": {"wg_ip": "10.99.0.2", "cpus": 1, "memory_mb": 900}}
+    conf = lambda nodes: slurm.render_conf("lab", "node1", "10.99.0.1", nodes, [{"name": "main"}])  # noqa: E731
+    daemons.as_controller(conf(two))
+    assert calls == [("systemctl", "restart", "slurmctld.service")], "the first conf, new to slurmctld"
+    calls.clear()
+    daemons.as_controller(conf(two))
+    assert calls == [("scontrol", "reconfigure")], "then every slurmd takes it"
+    calls.clear()
+    daemons.as_controller(conf(two))
+    assert calls == [], "nothing changed: nothing done"
+    daemons.as_controller(conf(three))
+    daemons.as_controller(conf(three))
+    assert calls == [("systemctl", "restart", "slurmctld.service"), ("scontrol", "reconfigure")]
+    calls.clear()
+    partitions = slurm.render_conf("lab", "node1", "10.99.0.1", three, [{"name": "main"}, {"name": "b"}])
+    daemons.as_controller(partitions)
+    assert calls == [("scontrol", "reconfigure")], "a new partition needs no restart"
 
 
-# -- status -------------------------------------------------------------------
+def test_the_shared_home_is_exported_to_the_mesh_only_and_mounted_hard_on_first_use():
+    assert home.exports("10.99.0.0/24").splitlines()[-1] == "/home 10.99.0.0/24(rw,sync,no_subtree_check,root_squash)"
+    mount = configparser.ConfigParser()
+    mount.read_string(home.mount_unit("10.99.0.1"))
+    assert dict(mount["Mount"]) == {"what": "10.99.0.1:/home", "where": "/home", "type": "nfs4",
+                                         "options": home.MOUNT_OPTIONS, "timeoutsec": "90"}
+    assert "hard" in home.MOUNT_OPTIONS.split(",") and "soft" not in home.MOUNT_OPTIONS
+    automount = configparser.ConfigParser()
+    automount.read_string(home.automount_unit())
+    assert automount["Automount"]["Where"] == "/home"
 
-def test_status_renders_members_peers_and_services():
-    now = float(int(time.time()))   # whole seconds: "30s ago" must not round to 31
-    state = {"name": "node1", "role": "controller", "controller": "node1", "lan_address": "10.42.0.11/24",
-             "wg_address": "10.99.0.1",
+
+def test_slurmdbd_conf_keeps_its_database_password_and_grants_are_idempotent():
+    conf = accounting.render_dbd_conf("0123456789abcdef" * 2)
+    assert accounting.password_in(conf) == "0123456789abcdef" * 2
+    assert "StorageType=accounting_storage/mysql" in conf and "AuthType=auth/munge" in conf
+    assert accounting.password_in("StoragePass=short\n") is None, "only a password the agent made"
+    sql = accounting.grant_sql("ab" * 16)
+    assert "CREATE DATABASE IF NOT EXISTS slurm_acct_db" in sql and "CREATE USER IF NOT EXISTS" in sql
+
+
+def test_the_firewall_lets_only_ssh_in_on_the_uplink():
+    rules = firewall.ruleset("enp0s2", 7946)
+    assert "policy drop" in rules and "tcp dport 22 accept" in rules
+    assert 'iifname { "enp0s2", "wg0" } accept' in rules
+    assert 'iifname "enp0s2" udp dport 7946 limit rate over' in rules
+    assert rules.count("delete table inet clusteros") == 1, "the table is replaced whole"
+
+
+@pytest.mark.needs("nft")
+@pytest.mark.parametrize("lan", ["enp0s2", None])
+def test_nft_accepts_the_firewall_ruleset(lan):
+    # `nft -c` parses and checks against the kernel without committing anything.
+    # The image has no /etc/protocols, so names it would need there must not appear.
+    check = "mount --bind /dev/null /etc/protocols && exec nft -c -f -"
+    done = subprocess.run(["unshare", "--mount", "sh", "-c", check], input=firewall.ruleset(lan, 7946),
+                          text=True, capture_output=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_members_follow_the_controllers_clock():
+    assert "server 10.99.0.1 iburst" in timesync.sources("worker", "10.99.0.1")
+    assert "server" not in timesync.sources("controller", "10.99.0.1").split("\n", 1)[1]
+    # Only the controller is a local reference: chrony ignores a source at its own local stratum.
+    assert "local stratum" in timesync.role_conf("controller")
+    assert "local" not in timesync.role_conf("worker").split("\n", 1)[1]
+
+
+def test_the_k3s_token_never_reaches_a_command_line():
+    from clusteros_node import k3s
+    argv = k3s.command("worker", "10.99.0.2", "10.99.0.1")
+    assert "--token-file" in argv and "--token" not in argv and k3s.token(SECRET) not in " ".join(argv)
+
+
+def test_status_renders_members_pending_peers_and_services():
+    now = float(int(__import__("time").time()))
+    state = {"mode": "member", "name": "node1", "role": "controller", "controller": "node1",
+             "lan_address": "10.42.0.11/24", "wg_address": "10.99.0.1", "credential": {"generation": 2, "id": "abc"},
              "members": [{"name": "node1", "lan_ip": "10.42.0.11", "wg_ip": "10.99.0.1", "live": True, "last_seen": 0.5},
                          {"name": "node2", "lan_ip": "10.42.0.12", "wg_ip": "10.99.0.2", "live": False, "last_seen": 40}],
+             "pending": [{"name": "node-00c0ffee", "lan_ip": "10.42.0.200", "fingerprint": "ABCD-EFGH-JKLM", "asked": 3}],
              "wireguard": [{"peer": "node2", "endpoint": "10.42.0.12:51820", "latest_handshake": int(now) - 30}],
              "slurm": {"role": "controller", "slurmctld": "active", "slurmd": "active"}, "k3s": "not provided",
              "errors": {}, "dropped_packets": 2, "updated": now}
     text = status.render(state, now)
-    assert "node node1: controller" in text and "node2" in text and "DOWN" in text
-    assert "handshake 30s ago" in text and "k3s: not provided" in text and "dropped 2 packets" in text
+    assert "node node1: controller" in text and "DOWN" in text and "credential generation 2" in text
+    assert "ABCD-EFGH-JKLM  node-00c0ffee" in text and "handshake 30s ago" in text and "2 dropped" in text
+
+
+def test_a_candidates_status_says_how_to_let_it_in():
+    text = status.render({"mode": "candidate", "name": "node-00c0ffee", "why": "it holds no credential",
+                          "lan_address": "10.42.0.200/24", "fingerprint": "ABCD-EFGH-JKLM"})
+    assert "not a member" in text and "clusteros-node approve ABCD-EFGH-JKLM" in text
 
 
 def test_status_without_an_agent_says_so(tmp_path):
-    state = status.load(tmp_path / "missing.json")
-    assert "is node-agent.service running?" in status.render(state)
+    assert "is node-agent.service running?" in status.render(status.load(tmp_path / "missing.json"))
+
+
+def test_a_live_member_cannot_be_moved_to_another_address_by_a_copy_of_its_announcement(spec):
+    mono = Clock()
+    table = registry.Registry(clock=mono)
+    table.accept(validate.announcement(payload(seq=1), spec), "10.42.0.12")
+    moved = payload(seq=99, lan_ip="10.42.0.13")   # node2's name and key, from node3's address
+    with pytest.raises(registry.Refused, match="node2 speaks from 10.42.0.12: not also from 10.42.0.13"):
+        table.accept(validate.announcement(moved, spec), "10.42.0.13")
+    mono.now += registry.LIVE_SECONDS + 1         # gone quiet: it may have come back elsewhere (DHCP)
+    table.accept(validate.announcement(moved, spec), "10.42.0.13")

@@ -1,0 +1,82 @@
+"""Job accounting: slurmdbd and its MariaDB database on the storage node.
+
+slurmctld, wherever the controller is, sends job records to slurmdbd over wg0
+(AccountingStorageHost in slurm.conf), and slurmdbd authenticates it by munge. The
+database account's password is made on the storage node the first time and never leaves
+it: it lives in slurmdbd.conf (0600, slurm's, as slurmdbd demands) and is handed to
+MariaDB on stdin, never on a command line.
+"""
+
+from __future__ import annotations
+
+import pwd
+import re
+import secrets
+from pathlib import Path
+
+from clusteros_node import system
+
+DBD_CONF = Path("/etc/slurm/slurmdbd.conf")
+DATABASE = "slurm_acct_db"
+
+
+def render_dbd_conf(password: str) -> str:
+    return "\n".join([
+        "# Written by the ClusterOS node-agent. Do not edit: it is rewritten.",
+        "AuthType=auth/munge",
+        "DbdHost=localhost",
+        "DbdPort=6819",
+        "SlurmUser=slurm",
+        "PidFile=/run/slurmdbd.pid",
+        "StorageType=accounting_storage/mysql",
+        "StorageHost=localhost",
+        "StorageUser=slurm",
+        f"StoragePass={password}",
+        f"StorageLoc={DATABASE}",
+    ]) + "\n"
+
+
+def password_in(conf: str) -> str | None:
+    found = re.search(r"^StoragePass=([0-9a-f]{32})$", conf, re.MULTILINE)
+    return found.group(1) if found else None
+
+
+def grant_sql(password: str) -> str:
+    """Idempotent: run at every agent start, it leaves an existing database as it is."""
+    return (f"CREATE DATABASE IF NOT EXISTS {DATABASE};\n"
+            f"CREATE USER IF NOT EXISTS 'slurm'@'localhost';\n"
+            f"ALTER USER 'slurm'@'localhost' IDENTIFIED BY '{password}';\n"
+            f"GRANT ALL ON {DATABASE}.* TO 'slurm'@'localhost';\n")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+class Accounting:
+    """Keeps MariaDB and slurmdbd running on the storage node; sets the database up once per start."""
+
+    def __init__(self):
+        self.granted = False
+        self.units: dict[str, str] = {}
+
+    def ensure(self) -> None:
+        self.units = system.unit_states("mariadb.service", "slurmdbd.service")
+        if self.units["mariadb.service"] != "active":
+            system.run("systemctl", "start", "mariadb.service", timeout=180)
+        if not self.granted:
+            password = password_in(_read(DBD_CONF)) or secrets.token_hex(16)
+            system.run("mariadb", "--batch", stdin=grant_sql(password))
+            slurm = pwd.getpwnam("slurm")
+            system.write_if_changed(DBD_CONF, render_dbd_conf(password).encode(), mode=0o600,
+                                    owner=(slurm.pw_uid, slurm.pw_gid))
+            self.granted = True
+        if self.units["slurmdbd.service"] != "active":
+            system.run("systemctl", "start", "slurmdbd.service", timeout=120)
+
+    def state(self) -> dict:
+        """As last seen by ensure (a tick ago at most)."""
+        return {unit.replace(".service", ""): state for unit, state in self.units.items()}

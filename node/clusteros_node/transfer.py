@@ -1,0 +1,97 @@
+"""Credentials over wg0: a member serves them to the candidates it approved, and receives rotations.
+
+A small TCP service on the member's wg0 address only (so WireGuard has proved who is
+at the other end before a byte arrives). One line says what is wanted:
+- `GET`: the caller must be at the wg0 address of a candidate this member approved;
+  it gets the credential bundle, as the owner signed it.
+- `PUSH <length>`: a member hands on a new credential (rotation); the bundle follows,
+  and is checked against the owner's signature by whoever takes it.
+Everything is bounded: the line, the bundle, the time a connection may take.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Callable
+
+from clusteros_node.credential import MAX_BYTES
+
+TIMEOUT = 10.0
+
+
+def _read_line(conn: socket.socket, limit: int = 32) -> str:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(1)
+        if not chunk or len(data) >= limit:
+            raise ValueError("no request line")
+        data += chunk
+    return data.decode("ascii", errors="replace").strip()
+
+
+def _read_exactly(conn: socket.socket, length: int) -> bytes:
+    data = b""
+    while len(data) < length:
+        chunk = conn.recv(min(65536, length - len(data)))
+        if not chunk:
+            raise ValueError("the bundle ended early")
+        data += chunk
+    return data
+
+
+class Server:
+    """Serves GET to approved candidates and takes PUSHes; `on_*` run in the server's thread."""
+
+    def __init__(self, address: str, port: int, credential_for: Callable[[str], bytes | None],
+                 on_push: Callable[[bytes, str], None], log: Callable[[str], None]):
+        self.credential_for, self.on_push, self.log = credential_for, on_push, log
+        self.listener = socket.create_server((address, port), reuse_port=True)
+        threading.Thread(target=self._serve, name="credential-server", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, (peer, _) = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.settimeout(TIMEOUT)
+                    self._answer(conn, peer)
+                except (OSError, ValueError) as why:
+                    self.log(f"credential service: {peer}: {why}")
+
+    def _answer(self, conn: socket.socket, peer: str) -> None:
+        line = _read_line(conn)
+        if line == "GET":
+            bundle = self.credential_for(peer)
+            if bundle is None:
+                raise ValueError("asked for a credential, but is no candidate this node approved")
+            conn.sendall(bundle)
+            self.log(f"credential service: handed the credential to {peer}")
+        elif line.startswith("PUSH ") and line[5:].isdigit() and int(line[5:]) <= MAX_BYTES:
+            self.on_push(_read_exactly(conn, int(line[5:])), peer)
+        else:
+            raise ValueError(f"unknown request {line[:20]!r}")
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def fetch(address: str, port: int) -> bytes:
+    """GET the credential from the member at `address` (over wg0)."""
+    with socket.create_connection((address, port), timeout=TIMEOUT) as conn:
+        conn.sendall(b"GET\n")
+        data = b""
+        while len(data) <= MAX_BYTES:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+    raise ValueError("the credential is too large")
+
+
+def push(address: str, port: int, bundle: bytes) -> None:
+    with socket.create_connection((address, port), timeout=TIMEOUT) as conn:
+        conn.sendall(f"PUSH {len(bundle)}\n".encode() + bundle)
