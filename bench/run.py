@@ -4,6 +4,7 @@
     .venv/bin/python bench/run.py              # everything (cold build included), ~25 min on 2 cores
     .venv/bin/python bench/run.py --warm       # reuse dist/bench's caches: no cold build
     .venv/bin/python bench/run.py --scale 1,3  # only these cluster sizes
+    .venv/bin/python bench/run.py --rack-only  # only the protocol at rack scale (no VM, a minute)
 
 It works in dist/bench/ with its own cache and doit state, so a cold build is
 really cold and the user's own dist/ is not touched (it needs the test
@@ -11,6 +12,11 @@ cluster's ports: stop your own cluster first). Results: a table on stdout,
 dist/bench/bench.json, dist/bench/scale.png (time to `srun -N N` and host
 memory per node, against N), and under dist/bench/boot/<N>/ each node's
 `systemd-analyze` critical chain and blame: where its boot went.
+
+The rack figures run 8, 32 and 64 real node-agents, each in its own network namespace
+(test/rack.py): the time from start until every agent lists every other as live and all
+follow one controller, and the bytes each agent sends on its LAN link a second once they
+agree (announcements; their size grows with the membership the controller lists).
 """
 
 from __future__ import annotations
@@ -33,10 +39,13 @@ from clusteros import accel  # noqa: E402
 from clusteros.spec import load_spec  # noqa: E402
 from clusteros.vm import cluster  # noqa: E402
 from clusteros.vm.layout import layout  # noqa: E402
+from test import rack  # noqa: E402
 
 BENCH = ROOT / "dist" / "bench"
 AGENT_SOURCE = ROOT / "node" / "clusteros_node" / "status.py"
 SCALE = (1, 3, 5, 8)
+RACK = (8, 32, 64)
+RACK_SAMPLE_S = 30.0
 
 # What the original ClusterOS (Packer, hand-written scripts) took, from its README.
 ORIGINAL = {"cold_build_s": "10-20 min", "one_file_rebuild_s": "5-10 min", "boot_to_ssh_s": "30-60 s",
@@ -47,6 +56,7 @@ LABELS = {
     "one_file_rebuild_s": "one-file rebuild (node-agent source), s",
     "boot_to_ssh_s": "one node: launch to SSH, s",
     "cluster_ready_s": "3 nodes: launch to `srun -N3` success, s",
+    "mpi_ready_s": "3 nodes: launch to an MPI job (3 ranks, 3 hosts) success, s",
     "rss_per_node_mb": "host memory per node (QEMU RSS, 3 nodes), MB",
     "qcow2_mb": "image, qcow2, MB",
     "raw_allocated_mb": "image, raw allocated, MB",
@@ -156,12 +166,22 @@ def measure_cluster(spec: dict, count: int) -> dict:
         return out.status == 0 and len(set(out.stdout.split())) == count
     until(srun_ok, 1800, every=3)
     ready = time.monotonic() - started
+    mpi = None
+    if count == 3:
+        def mpi_ok() -> bool:
+            out = first.execute(f"srun -N3 -n3 python3 -c '{MPI_JOB}'", timeout=300)
+            return out.status == 0 and out.stdout.split() == ["3"] * 3
+        until(mpi_ok, 900, every=3)
+        mpi = round(time.monotonic() - started, 1)
     save_boot_analysis(spec, count)
     pids = [cluster.machine(n).pid() for n in layout(spec, count)]
     rss = [qemu_rss_mb(pid) for pid in pids if pid]
     disk = mb(sum(p.stat().st_blocks * 512 for p in (BENCH / "vm").rglob("overlay.qcow2")))
-    return {"nodes": count, "ssh_s": round(to_ssh, 1), "srun_s": round(ready, 1),
+    return {"nodes": count, "ssh_s": round(to_ssh, 1), "srun_s": round(ready, 1), "mpi_s": mpi,
             "rss_mb_per_node": round(sum(rss) / len(rss), 1), "overlay_mb": disk}
+
+
+MPI_JOB = "from mpi4py import MPI; print(MPI.COMM_WORLD.allreduce(1))"
 
 
 def measure_scale(spec: dict, sizes: list[int]) -> list[dict]:
@@ -178,6 +198,25 @@ def measure_scale(spec: dict, sizes: list[int]) -> list[dict]:
 # Report
 
 
+def measure_rack(sizes: list[int]) -> list[dict]:
+    rows = []
+    for size in sizes:
+        say(f"rack: {size} node-agents in network namespaces")
+        started = rack.start(size, BENCH / "rack" / str(size))
+        try:
+            converge = rack.until_converged(started, timeout=300)
+            before = started.sent_bytes()
+            time.sleep(RACK_SAMPLE_S)
+            after = started.sent_bytes()
+            per_node = sum(b - a for a, b in zip(before, after)) / size / RACK_SAMPLE_S
+            rows.append({"agents": size, "converge_s": round(converge, 1), "bytes_per_node_s": round(per_node),
+                         "agents_running": started.running()})
+            say(f"rack: {size} agreed in {converge:.1f} s; {per_node:.0f} bytes per node a second")
+        finally:
+            rack.stop(size, started)
+    return rows
+
+
 def machine() -> dict:
     acc = accel.choose("auto")
     return {"cores": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
@@ -190,9 +229,15 @@ def headline(results: dict, scale: list[dict]) -> dict:
     if 1 in by_size:
         results["boot_to_ssh_s"] = by_size[1]["ssh_s"]
     if 3 in by_size:
-        results.update(cluster_ready_s=by_size[3]["srun_s"], rss_per_node_mb=by_size[3]["rss_mb_per_node"],
+        results.update(cluster_ready_s=by_size[3]["srun_s"], mpi_ready_s=by_size[3]["mpi_s"],
+                       rss_per_node_mb=by_size[3]["rss_mb_per_node"],
                        cluster_disk_mb=by_size[3]["overlay_mb"])
     return results
+
+
+def rack_table(rows: list[dict]) -> list[str]:
+    lines = ["", f"{'agents':>6}  {'to agree, s':>11}  {'bytes per node a second':>23}"]
+    return lines + [f"{r['agents']:>6}  {r['converge_s']:>11}  {r['bytes_per_node_s']:>23}" for r in rows]
 
 
 def table(results: dict, scale: list[dict], host: dict) -> str:
@@ -220,10 +265,10 @@ def plot(scale: list[dict], out: Path) -> None:
     right = left.twinx()
     right.plot(sizes, [r["rss_mb_per_node"] for r in scale], "s--", color="tab:red", label="QEMU RSS per node")
     right.set_ylabel("MB per node", color="tab:red")
-    right.set_ylim(bottom=0)
-    left.set_ylim(bottom=0)
+    right.set_ylim(0, max(r["rss_mb_per_node"] for r in scale) * 1.6)
+    left.set_ylim(0, max(r["srun_s"] for r in scale) * 1.15)
     left.set_xticks(sizes)
-    figure.legend(loc="upper left", bbox_to_anchor=(0.1, 0.95))
+    figure.legend(loc="lower right", bbox_to_anchor=(0.88, 0.15))
     left.set_title("ClusterOS test cluster on one host (TCG)" if accel.choose("auto").name == "tcg"
                    else "ClusterOS test cluster on one host")
     figure.tight_layout()
@@ -234,16 +279,28 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--warm", action="store_true", help="keep dist/bench's caches: no cold build")
     parser.add_argument("--scale", default=",".join(map(str, SCALE)), help="cluster sizes (default: %(default)s)")
+    parser.add_argument("--rack", default=",".join(map(str, RACK)), help="rack sizes (default: %(default)s)")
+    parser.add_argument("--rack-only", action="store_true", help="only the rack figures (kept beside the last run's)")
     args = parser.parse_args()
+    racks = [int(n) for n in args.rack.split(",") if n]
+    if args.rack_only:
+        BENCH.mkdir(parents=True, exist_ok=True)
+        saved = json.loads((BENCH / "bench.json").read_text()) if (BENCH / "bench.json").exists() else {}
+        saved["rack"] = measure_rack(racks)
+        (BENCH / "bench.json").write_text(json.dumps(saved, indent=2))
+        print("\n".join(rack_table(saved["rack"])[1:]))
+        return 0
     spec = load_spec(ROOT / "cluster.yaml")
     os.environ.update(CLUSTEROS_DIST=str(BENCH), CLUSTEROS_CACHE_DIR=str(BENCH / "cache"))
     host = machine()
     results = measure_build(args.warm, spec["cluster"]["name"])
     scale = measure_scale(spec, [int(n) for n in args.scale.split(",")])
     results = headline(results, scale)
-    (BENCH / "bench.json").write_text(json.dumps({"machine": host, "results": results, "scale": scale}, indent=2))
+    racked = measure_rack(racks)
+    (BENCH / "bench.json").write_text(json.dumps({"machine": host, "results": results, "scale": scale,
+                                                  "rack": racked}, indent=2))
     plot(scale, BENCH / "scale.png")
-    print(table(results, scale, host))
+    print(table(results, scale, host) + "\n".join(rack_table(racked)))
     return 0
 
 

@@ -1,12 +1,14 @@
-"""The `clusteros` command: validate, doctor, and the test cluster's shell and status."""
+"""The `clusteros` command: validate, doctor, the test cluster's shell, the owner's approve, rotate
+and owner-stick, and flash (a stick, written and read back)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from clusteros import doctor as doctor_mod
-from clusteros.errors import ClusterOSError
+from clusteros.errors import ClusterOSError, UsageError
 from clusteros.spec import SpecError, load_spec, spec_path
 
 
@@ -30,6 +32,45 @@ def cmd_shell(args) -> int:
     return cluster.shell(load_spec(args.spec), args.node, command)
 
 
+def cmd_approve(args) -> int:
+    from clusteros import owner
+    return owner.approve(load_spec(args.spec), args.fingerprint, args.via)
+
+
+def cmd_rotate(args) -> int:
+    from clusteros import owner
+    return owner.rotate(load_spec(args.spec), args.via)
+
+
+def cmd_owner_stick(args) -> int:
+    from clusteros import paths
+    from clusteros.installer import owner_part
+    spec = load_spec(args.spec)
+    name = spec["cluster"]["name"]
+    usb, part = paths.dist_dir() / f"{name}-usb.img.gz", paths.dist_dir() / f"{name}-usb-credential.bin"
+    for needed in (usb, part):
+        if not needed.exists():
+            raise ClusterOSError(f"{needed} is missing", fix="build it with `doit usb`")
+    owner_part.owner_stick(usb, part, Path(args.output))
+    print(f"{args.output}: the installer and your credential (0600): a node installed from it joins {name} "
+          "by itself. Keep it like a key.")
+    return 0
+
+
+def cmd_flash(args) -> int:
+    from clusteros import flash, paths
+    name = load_spec(args.spec)["cluster"]["name"]
+    dist = paths.dist_dir()
+    image = Path(args.image) if args.image else dist / f"{name}-usb.img.gz"
+    sha = Path(str(image).removesuffix(".gz") + ".sha256")
+    for needed in (image, sha) + ((dist / f"{name}-usb-credential.bin",) if args.credential else ()):
+        if not needed.exists():
+            raise UsageError(f"{needed} is missing", fix="build it with `doit usb`")
+    flash.flash(args.device, image, sha, credential=dist / f"{name}-usb-credential.bin" if args.credential else None,
+                yes=args.yes, force=args.force)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clusteros", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -44,6 +85,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS to run instead of a login")
     p.add_argument("--spec")
     p.set_defaults(func=cmd_shell)
+    p = sub.add_parser("approve", help="let a machine asking to join in (its key fingerprint, from its console)")
+    p.add_argument("fingerprint")
+    p.add_argument("--via", default="1", help="the member to ask: a test node number (default 1) or user@host")
+    p.add_argument("--spec")
+    p.set_defaults(func=cmd_approve)
+    p = sub.add_parser("rotate", help="replace the cluster credential on every live member")
+    p.add_argument("--via", default="1", help="the member to hand it to: a test node number (default 1) or user@host")
+    p.add_argument("--spec")
+    p.set_defaults(func=cmd_rotate)
+    p = sub.add_parser("owner-stick", help="a stick image with your credential after the installer (0600)")
+    p.add_argument("output", help="the image file to write (then write it to a stick)")
+    p.add_argument("--spec")
+    p.set_defaults(func=cmd_owner_stick)
+    p = sub.add_parser("flash", help="write the USB installer to a stick, then read it back and check it")
+    p.add_argument("device", help="the stick's whole device, e.g. /dev/sdb (see lsblk)")
+    p.add_argument("--credential", action="store_true",
+                   help="add your credential after the installer: a node installed from it joins by itself")
+    p.add_argument("--yes", action="store_true", help="erase it without asking")
+    p.add_argument("--force", action="store_true", help="write a disk that does not say it is removable")
+    p.add_argument("--image", help="another .img.gz, with its .img.sha256 beside it (default: dist/<name>-usb.img.gz)")
+    p.add_argument("--spec")
+    p.set_defaults(func=cmd_flash)
     return parser
 
 

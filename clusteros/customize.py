@@ -19,15 +19,19 @@ from clusteros_node import identity
 AGENT_DIR = "usr/local/lib/clusteros"
 UNITS_ENABLED = ["systemd-networkd.service", "systemd-resolved.service", "ssh.service",
                  "clusteros-identity.service", "clusteros-growroot.service", "clusteros-ssh-hostkeys.service"]
-# The node-agent starts the SLURM daemon of the node's role; none starts by itself.
-UNITS_DISABLED = ["slurmctld.service", "slurmd.service"]
+# The node-agent starts the SLURM daemon of the node's role, and the storage node's NFS server,
+# database and slurmdbd; none starts by itself.
+UNITS_DISABLED = ["slurmctld.service", "slurmd.service", "slurmdbd.service", "mariadb.service",
+                  "nfs-server.service"]
 OPTIONAL_UNITS = ["node-agent.service"]
 # Work a headless cluster node never needs, that costs it boot time, or reaches for the internet on its own.
 UNITS_MASKED = ["e2scrub_reap.service", "e2scrub_all.timer", "apt-daily.timer", "apt-daily-upgrade.timer",
                 "dpkg-db-backup.timer", "fstrim.timer", "getty@tty1.service", "systemd-pstore.service",
                 "systemd-binfmt.service", "proc-sys-fs-binfmt_misc.automount",
                 "systemd-update-utmp.service", "systemd-update-utmp-runlevel.service",
-                "modprobe@drm.service", "modprobe@dm_mod.service"]
+                "modprobe@drm.service", "modprobe@dm_mod.service",
+                # NFSv4 needs no portmapper and no lock daemon (nfs.conf.d/clusteros.conf).
+                "rpcbind.service", "rpcbind.socket", "rpc-statd.service", "rpc-statd-notify.service"]
 # Generators for setups a node never has (encrypted or verity disks, hibernation, SysV scripts): each
 # runs at every boot, and under emulation each costs a fraction of a second.
 GENERATORS_MASKED = ["systemd-cryptsetup-generator", "systemd-integritysetup-generator",
@@ -135,8 +139,41 @@ def install_node_spec(tree: Path, node_spec: dict) -> None:
             place_bytes(table / row / name, text.encode())
 
 
-def install_secret(tree: Path, secret: Path) -> None:
-    place_bytes(tree / "etc" / "clusteros" / "cluster.secret", secret.read_bytes(), 0o600)
+def install_owner_key(tree: Path, owner_pubkey: Path) -> None:
+    """The owner's public key: what a node checks a credential's signature against. Not a secret."""
+    place_bytes(tree / "etc" / "clusteros" / "owner.pub", owner_pubkey.read_bytes())
+
+
+def configure_mpi(tree: Path, node_spec: dict, architecture: str) -> None:
+    """Open MPI over the network the spec chose, and PMIx where Slurm looks for it.
+
+    Open MPI's TCP transport takes the first interfaces that route, and a node has
+    two (the LAN, wg0): it is pinned to the chosen one's subnet. Slurm's PMIx plugin
+    opens the unversioned libpmix.so, which only the -dev package ships: a link to the
+    library itself does, without compilers and headers.
+    """
+    net = node_spec["services"]["slurm"]["mpi_network"]
+    subnet = node_spec["network"]["wireguard" if net == "wg0" else "lan"]["subnet"]
+    place_bytes(tree / "etc" / "openmpi" / "openmpi-mca-params.conf", MPI_PARAMS.format(net=net, subnet=subnet).encode())
+    triplet = {"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}[architecture]
+    link = tree / "usr" / "lib" / triplet / "pmix2" / "lib" / "libpmix.so"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to("libpmix.so.2")
+
+
+MPI_PARAMS = """# Written by ClusterOS at image build: services.slurm.mpi_network is {net}.
+# Debian's own defaults: no UCX, OpenFabrics or libfabric on a cluster of Ethernet nodes.
+btl_base_warn_component_unused = 0
+mtl = ^ofi
+osc = ^ucx,pt2pt
+# Shared memory within a node, TCP between nodes, on {net} only.
+pml = ob1
+btl = self,vader,tcp
+btl_tcp_if_include = {subnet}
+oob_tcp_if_include = {subnet}
+"""
 
 
 def install_k3s(tree: Path, binary: Path) -> None:
@@ -153,8 +190,9 @@ def set_locale_and_time(tree: Path, image: dict) -> None:
     place_bytes(tree / "etc" / "hostname", b"clusteros\n")
 
 
-def add_users(tree: Path, users: list[dict], default_keys: list[str]) -> None:
-    """Each user with sudo and key login; no password. A user without keys gets `default_keys`."""
+def add_users(tree: Path, users: list[dict]) -> None:
+    """Each user with sudo and key login; no password. A user the spec gives no key has none in the
+    image: the credential brings one (the generated test key), for the machines it reaches."""
     log = runner.log_path("image-users")
     log.unlink(missing_ok=True)
     sudoers = []
@@ -164,7 +202,7 @@ def add_users(tree: Path, users: list[dict], default_keys: list[str]) -> None:
                              "--user-group", name], log=log, append=True)
         # '*' is "no password" without locking the account: key logins still work.
         runner.run("image", ["usermod", "--root", tree, "--password", "*", name], log=log, append=True)
-        _authorize(tree, name, user["ssh_keys"] or default_keys)
+        _authorize(tree, name, user["ssh_keys"])
         if user["sudo"]:
             sudoers.append(f"{name} ALL=(ALL) NOPASSWD:ALL\n")
     place_bytes(tree / "etc" / "sudoers.d" / "clusteros",

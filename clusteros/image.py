@@ -32,7 +32,7 @@ from clusteros.manifest import image_manifest
 DEFAULT_EPOCH = 1735689600  # 2025-01-01
 KERNEL_CMDLINE = "console=tty0 console=ttyS0,115200n8"
 # Bump when the base tree is made differently, so trees made the old way are not reused.
-BASE_RECIPE = 3
+BASE_RECIPE = 4
 
 
 def source_epoch() -> int:
@@ -47,8 +47,7 @@ class ImageInputs:
     image: dict                          # the spec's image section
     node_spec: dict                      # baked as /etc/clusteros/spec.json
     agent_pyz: Path
-    secret: Path
-    default_keys: tuple[str, ...]        # for users the spec gives no key
+    owner_pubkey: Path                   # public: nodes check credentials against it
     rootfs_tar: Path | None = None       # native builds
     k3s_binary: Path | None = None
     spec_inputs: dict = field(default_factory=dict)   # what the disk's UUIDs are seeded from
@@ -60,7 +59,7 @@ class ImageInputs:
     def base_key(self) -> str:
         """What the base tree depends on, hashed."""
         material = {"recipe": BASE_RECIPE, "rootfs": self.rootfs_tar.name if self.rootfs_tar else None,
-                    "users": self.image["users"], "keys": self.default_keys, "timezone": self.image["timezone"],
+                    "users": self.image["users"], "timezone": self.image["timezone"],
                     "locale": self.image["locale"], "epoch": source_epoch()}
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -77,7 +76,8 @@ def add_clusteros_files(tree: Path, inputs: ImageInputs, *, compile_agent: bool 
     customize.apply_overlay(tree, inputs.distro)
     customize.install_agent(tree, inputs.agent_pyz, compile_agent=compile_agent)
     customize.install_node_spec(tree, inputs.node_spec)
-    customize.install_secret(tree, inputs.secret)
+    customize.install_owner_key(tree, inputs.owner_pubkey)
+    customize.configure_mpi(tree, inputs.node_spec, inputs.image["architecture"])
     if inputs.k3s_binary is not None:
         customize.install_k3s(tree, inputs.k3s_binary)
 
@@ -119,7 +119,7 @@ def base_tree(inputs: ImageInputs) -> Path:
                        log=runner.log_path("image-unpack"), timeout=1800)
         with runner.step("image", "base tree: users, locale, a lean tree"):
             customize.set_locale_and_time(new, inputs.image)
-            customize.add_users(new, inputs.image["users"], list(inputs.default_keys))
+            customize.add_users(new, inputs.image["users"])
             customize.make_lean(new)
             customize.prune_modules(new)
             customize.clamp_times(new, source_epoch())
@@ -151,6 +151,18 @@ def layered_tree(base: Path, into: Path, inputs: ImageInputs, ids: disk.DiskIds)
 # The whole stage
 
 
+def vm_boot(inputs: ImageInputs, work: Path, kernel: Path, initrd: Path) -> str:
+    """The test VMs' kernel and initramfs, made again only when the base tree or their recipe changed."""
+    stamp = kernel.with_suffix(".vm-boot.key")
+    key = f"{inputs.base_key()} {vmboot.recipe_key()}"
+    if kernel.exists() and initrd.exists() and stamp.exists() and stamp.read_text().split("\n")[0] == key:
+        return stamp.read_text().split("\n")[1]
+    with runner.step("image", f"the test VMs' kernel and initramfs ({kernel.name}, {initrd.name})"):
+        version = vmboot.build(work / "root", kernel, initrd, work)
+    stamp.write_text(f"{key}\n{version}\n")
+    return version
+
+
 def vm_boot_files(qcow2: Path) -> tuple[Path, Path]:
     """The kernel and VM initramfs beside dist/<name>.qcow2 (clusteros.vmboot)."""
     return qcow2.with_suffix(".vmlinuz"), qcow2.with_suffix(".vm-initrd.img")
@@ -164,8 +176,7 @@ def build_image(inputs: ImageInputs, qcow2: Path, manifest: Path) -> None:
     with work_dir("image-") as work:
         with runner.step("image", "the ClusterOS layer on a link copy of the base tree"):
             packages = layered_tree(base, work / "root", inputs, ids)
-        with runner.step("image", f"the test VMs' kernel and initramfs ({kernel.name}, {initrd.name})"):
-            version = vmboot.build(work / "root", kernel, initrd, work)
+        version = vm_boot(inputs, work, kernel, initrd)
         raw = work / "disk.raw"
         with runner.step("image", f"writing a {inputs.image['disk_size']} GPT disk: BIOS boot, ESP, ext4 root"):
             disk.assemble(raw, work / "root", work, ids, disk_bytes, source_epoch())

@@ -108,6 +108,7 @@ def _source(spec: dict, job: PackerJob) -> dict:
         "memory": max(vm["memory"], 1024 if native else 3072),
         "cpus": vm["cpus"],
         "vnc_bind_address": "127.0.0.1",
+        "vnc_use_password": True,     # 127.0.0.1 is open to every user of the host: a password shuts them out
         "ssh_username": spec["image"]["users"][0]["name"],
         "ssh_private_key_file": str(job.ssh_key),
         # An unattended Ubuntu install under TCG takes most of an hour before SSH answers.
@@ -156,7 +157,10 @@ def render(spec: dict, job: PackerJob) -> str:
     """The Packer template for `job`, generated from the spec."""
     lines = _required_plugins(job.version) + ['source "qemu" "node" {']
     lines += [f"  {key} = {_hcl_value(value)}" for key, value in _source(spec, job).items()]
-    lines.append(f'  qemuargs = [["-serial", {hcl_string("file:" + str(job.serial_log))}]]')
+    # Packer's own SSH forward listens on every address: this one, in its place, on 127.0.0.1 alone.
+    forward = "user,id=user.0,hostfwd=tcp:127.0.0.1:{{ .SSHHostPort }}-:22"
+    lines.append(f'  qemuargs = [["-serial", {hcl_string("file:" + str(job.serial_log))}], '
+                 f'["-netdev", {hcl_string(forward)}], ["-device", "virtio-net,netdev=user.0"]]')
     if job.kind == "iso":
         lines += ISO_BOOT_COMMAND
     return "\n".join(lines + ["}", ""] + _build_block(spec, job))

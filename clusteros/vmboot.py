@@ -37,6 +37,12 @@ def init_script() -> Path:
     return paths.IMAGES_DIR / "vm-boot" / "init"
 
 
+def recipe_key() -> str:
+    """What the initramfs is made of besides the image's kernel: its /init and its module list."""
+    import hashlib
+    return hashlib.sha256(init_script().read_bytes() + " ".join(VM_MODULES).encode()).hexdigest()[:16]
+
+
 def kernel_version(tree: Path) -> str:
     versions = sorted(p.name.removeprefix("vmlinuz-") for p in (tree / "boot").glob("vmlinuz-*"))
     if not versions:

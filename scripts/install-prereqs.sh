@@ -17,6 +17,7 @@ packages=(
     packer                                    # image.builder: packer
     xorriso cpio busybox-static ipxe-qemu     # iso, usb, pxe (and booting them in tests)
     shellcheck                                # the tests lint every shell script
+    nftables                                  # the tests check the node firewall's ruleset
 )
 # Ubuntu's archive keyring lets a host build Ubuntu images (image.distro: ubuntu).
 # Debian 12's archive does not carry it; `clusteros doctor` says so when it is needed.

@@ -16,25 +16,22 @@ def _k3s_binary(s: dict):
 def image_inputs(s: dict, *, native: bool = True) -> image.ImageInputs:
     """The spec's image, as the value every builder takes."""
     binary = _k3s_binary(s)
-    key = secrets.test_key_path(s).with_suffix(".pub")
     view = rootfs_view(s)
     return image.ImageInputs(
         name=s["cluster"]["name"], image=s["image"], node_spec=node_view(s), agent_pyz=node_pyz(),
-        secret=secrets.cluster_secret_path(s),
-        default_keys=(key.read_text().strip(),) if key.exists() else (),
+        owner_pubkey=secrets.owner_key_path(s).with_suffix(".pub"),
         rootfs_tar=rootfs.rootfs_path(view) if native else None,
         k3s_binary=binary.cache_path if binary is not None else None,
         spec_inputs={"rootfs": rootfs.rootfs_path(view).name, "spec": image_view(s)})
 
 
 def _input_files(inputs: image.ImageInputs) -> list:
-    files = [inputs.agent_pyz, inputs.secret, secrets.test_key_path(spec()).with_suffix(".pub"),
-             inputs.rootfs_tar, inputs.k3s_binary]
+    files = [inputs.agent_pyz, inputs.owner_pubkey, inputs.rootfs_tar, inputs.k3s_binary]
     return [f for f in files if f is not None] + customize.overlay_files(inputs.distro)
 
 
 def _build_native(qcow2, manifest) -> None:
-    # Made at run time: the test key and the K3s binary exist only once their tasks have run.
+    # Made at run time: the owner's key and the K3s binary exist only once their tasks have run.
     image.build_image(image_inputs(spec()), qcow2, manifest)
 
 

@@ -7,9 +7,10 @@ file system, the installer's own files or the spec's `installer` section change.
 
 from doit.tools import config_changed
 
-from clusteros import packer, paths, rootfs
+from clusteros import credentials, packer, paths, rootfs
 from clusteros.atomic import remove_tree
-from clusteros.installer import InstallerError, installer_files, media, payload, pxe
+from clusteros.errors import UsageError
+from clusteros.installer import InstallerError, installer_files, media, owner_part, payload, pxe
 from clusteros.spec import rootfs_view
 from tasks.code import code_deps
 from tasks.context import dist, spec
@@ -54,11 +55,42 @@ def task_iso():
                       iso=dist("-installer.iso"))
 
 
+def _credential_part() -> None:
+    s = spec()
+    owner_part.write_block(dist("-usb-credential.bin"), owner_part.block(
+        credentials.ensure_bundle(s).read_bytes(), credentials.ssh_keys_text(s)))
+
+
 def task_usb():
-    """USB installer image dist/<name>-usb.img.gz (the hybrid ISO; prints the dd command)."""
-    return {"actions": [(media.build_usb, [], dict(iso=dist("-installer.iso"), usb_gz=dist("-usb.img.gz")))],
-            "file_dep": [dist("-installer.iso"), *code_deps("clusteros.installer.media")],
-            "targets": [dist("-usb.img.gz")], "clean": True}
+    """USB installer dist/<name>-usb.img.gz (shareable) and the owner's credential part (0600) for their sticks."""
+    s = spec()
+    return {"actions": [(media.build_usb, [], dict(iso=dist("-installer.iso"), usb_gz=dist("-usb.img.gz"),
+                                                   usb_sha=dist("-usb.img.sha256"))),
+                        _credential_part],
+            "file_dep": [dist("-installer.iso"), *code_deps("clusteros.installer.media", "clusteros.installer.owner_part",
+                                                            "clusteros.credentials")],
+            "task_dep": ["keys"],
+            "targets": [dist("-usb.img.gz"), dist("-usb.img.sha256"), dist("-usb-credential.bin")],
+            "uptodate": [config_changed({"credential generation": credentials.generation(s)})], "clean": True}
+
+
+def _flash(device: str, yes: bool, credential: bool, force: bool) -> None:
+    from clusteros import flash
+    if not device:
+        raise UsageError("no device named", fix="doit flash --device /dev/sdX (see `lsblk`)")
+    flash.flash(device, dist("-usb.img.gz"), dist("-usb.img.sha256"),
+                credential=dist("-usb-credential.bin") if credential else None, yes=yes, force=force)
+
+
+def task_flash():
+    """Write the USB installer to a stick, then read it back: `doit flash --device /dev/sdX [--credential]`."""
+    params = [{"name": "device", "long": "device", "type": str, "default": "", "help": "the stick, e.g. /dev/sdb"},
+              {"name": "yes", "long": "yes", "type": bool, "default": False, "help": "erase it without asking"},
+              {"name": "credential", "long": "credential", "type": bool, "default": False,
+               "help": "add your credential after the installer: a node installed from it joins by itself"},
+              {"name": "force", "long": "force", "type": bool, "default": False,
+               "help": "write a disk that does not say it is removable"}]
+    return {"actions": [_flash], "params": params, "task_dep": ["usb"], "uptodate": [False], "verbosity": 2}
 
 
 def task_pxe():

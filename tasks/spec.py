@@ -20,11 +20,11 @@ def task_validate():
 
 
 def task_keys():
-    """Make the cluster secret and the test SSH key once, in the 0700 state dir."""
+    """Make the cluster secret, the owner's key and the test SSH key once, in the 0700 state dir."""
     s = spec()
-    key = secrets.test_key_path(s)
+    keys = [secrets.test_key_path(s), secrets.owner_key_path(s)]
     return {
         "actions": [(secrets.ensure_all, [s])],
-        "targets": [secrets.cluster_secret_path(s), key, key.with_suffix(".pub")],
+        "targets": [secrets.cluster_secret_path(s), *keys, *(key.with_suffix(".pub") for key in keys)],
         "uptodate": [True],
     }

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from clusteros import runner
 from clusteros.atomic import atomic_path, link_or_copy, work_dir
+from clusteros.hashing import sha256_file
 from clusteros.installer.initramfs import prepare_boot_files
 from clusteros.installer.payload import load_payload
 from clusteros.installer.settings import grub_config, installer_config
@@ -40,11 +41,16 @@ def build_iso(*, spec: dict, rootfs_tar: Path, manifest: Path, payload: Path, is
     runner.say("iso", f"{iso}: {iso.stat().st_size / 2**20:.0f} MiB")
 
 
-def build_usb(*, iso: Path, usb_gz: Path) -> None:
-    """The hybrid ISO is already a disk image; compressed, it is what Etcher or dd take."""
+def build_usb(*, iso: Path, usb_gz: Path, usb_sha: Path) -> None:
+    """The hybrid ISO is already a disk image; compressed, it is what Etcher, dd or `clusteros flash` take.
+    `usb_sha` names the image's sha256 and size, which the flasher checks the stick against."""
     cores = os.cpu_count() or 1
     with runner.step("usb", f"{iso.name} -> {usb_gz.name}"), atomic_path(usb_gz) as tmp:
         runner.run("usb", ["pigz", "--processes", str(cores), "--no-name", "--stdout", iso], stdout=tmp, timeout=3600)
-    runner.say("usb", f"{usb_gz} ({usb_gz.stat().st_size / 2**20:.0f} MiB). Write it with:\n"
-               f"  zcat {usb_gz} | sudo dd of=/dev/sdX bs=4M conv=fsync status=progress\n"
-               "  CHECK sdX with lsblk first: every byte on that device is replaced.")
+    with atomic_path(usb_sha) as tmp:
+        tmp.write_text(f"{sha256_file(iso)}  {usb_gz.name.removesuffix('.gz')}  {iso.stat().st_size}\n")
+    runner.say("usb", f"{usb_gz} ({usb_gz.stat().st_size / 2**20:.0f} MiB): shareable, it holds no secret. "
+               "A stick made from it asks to join (clusteros approve).\n"
+               f"  Your own stick, whose nodes join by themselves: clusteros owner-stick FILE (then write FILE),\n"
+               f"  or write {usb_gz.name} and then {usb_gz.name.replace('-usb.img.gz', '-usb-credential.bin')} at the "
+               "first MiB after it.")

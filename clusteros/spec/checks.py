@@ -152,6 +152,16 @@ def partitions_name_real_nodes(spec: dict, base_dir: Path) -> Iterable[Problem]:
 
 
 @check
+def storage_node_is_a_listed_node(spec: dict, base_dir: Path) -> Iterable[Problem]:
+    name = spec["services"]["slurm"].get("storage_node")
+    names = node_names(spec)
+    if name is not None and name not in names:
+        close = difflib.get_close_matches(name, sorted(names), n=1)
+        yield Problem("services.slurm.storage_node", f"no node is named {name!r}",
+                      f"did you mean {close[0]!r}?" if close else "name one of the nodes: " + ", ".join(sorted(names)))
+
+
+@check
 def k3s_source_is_complete(spec: dict, base_dir: Path) -> Iterable[Problem]:
     k3s = spec["services"]["k3s"]
     if "url" in k3s and "file" in k3s:

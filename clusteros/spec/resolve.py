@@ -56,6 +56,7 @@ def resolve(spec: dict, base_dir: Path, schema: dict) -> dict:
     spec["node_naming"] = {"prefix": prefix, "mac_prefix": mac_prefix(name), "listed": isinstance(raw_nodes, list)}
     spec["nodes"] = expand_nodes(raw_nodes, name, spec["network"]["lan"]["subnet"], prefix)
     spec["vm"].setdefault("nodes", len(spec["nodes"]))
+    spec["services"]["slurm"].setdefault("storage_node", spec["nodes"][0]["name"])
     for section, key in ((spec["cluster"], "secret_file"), (spec["services"]["k3s"], "file"),
                          (spec["network"].get("wifi") or {}, "psk_file")):
         if section.get(key):

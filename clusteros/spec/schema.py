@@ -92,6 +92,8 @@ def _unknown_keys(schema, error, path, value) -> list[Problem]:
         hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(allowed)}"
         if key == "psk":
             hint = "a WiFi key never goes in cluster.yaml: set psk_env (an environment variable) or psk_file"
+        elif key == "vnc_base_port":
+            hint = "remove it: a test node's screen is now a VNC socket in its own folder (dist/vm/<node>/vnc.sock)"
         problems.append(Problem(format_path(path + [key]), "unknown key", hint))
     return problems
 

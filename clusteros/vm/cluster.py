@@ -10,6 +10,7 @@ restarts every node on it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -21,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from clusteros import accel as accel_mod
-from clusteros import paths, runner, secrets
+from clusteros import credentials, paths, runner, secrets
 from clusteros.atomic import write_json
 from clusteros.errors import ClusterOSError, UsageError
 from clusteros.vm import ports, qemu
@@ -115,13 +116,12 @@ def clear_leftovers(nodes: list[VMNode]) -> list[str]:
     return notes
 
 
-def check_ports(nodes: list[VMNode], screen: bool = True) -> None:
-    """The SSH forward, and VNC where the nodes have a screen (booted through firmware), must be free."""
-    wanted = [(node, {"SSH": node.ssh_port} | ({"VNC": node.vnc_port} if screen else {})) for node in nodes]
-    problems = [f"  {node.name}: {line}" for node, needed in wanted for line in ports.taken(needed)]
+def check_ports(nodes: list[VMNode]) -> None:
+    """Each node's SSH forward must be free."""
+    problems = [f"  {node.name}: {line}" for node in nodes for line in ports.taken({"SSH": node.ssh_port})]
     if problems:
         raise UsageError("ports the test cluster needs are in use:\n" + "\n".join(problems),
-                         fix="stop that program, or move vm.ssh_base_port / vm.vnc_base_port in cluster.yaml")
+                         fix="stop that program, or move vm.ssh_base_port in cluster.yaml")
 
 
 def read_manifest(manifest: Path) -> dict:
@@ -152,12 +152,12 @@ def up(spec: dict, qcow2: Path, manifest: Path, count: int) -> list[VMNode]:
     to_start = [n for n in nodes if not machine(n).is_alive()]
     if running := [n.name for n in nodes if n not in to_start]:
         runner.say("test_vm", f"already running on this image: {', '.join(running)}")
-    check_ports(to_start, screen=not boot.direct)
+    check_ports(to_start)
     write_json(state_file(), {"image": str(qcow2.resolve()), "image_sha256": image_id, "accel": acc.name,
                               "accel_reason": acc.reason, "boot": boot.describe(), "screen": not boot.direct,
                               "nodes": [asdict(n) for n in nodes]}, mode=0o600)
     if to_start:
-        _start(to_start, qcow2, acc, boot)
+        _start(spec, to_start, qcow2, acc, boot)
         wait_for_ssh(spec, to_start, acc.scale(spec["vm"]["boot_timeout"]))
     return nodes
 
@@ -177,7 +177,28 @@ def _stop_what_does_not_belong(spec: dict, nodes: list[VMNode], image_id: str, b
         machine(extra).stop(scale_of(state) * STOP_TIMEOUT)
 
 
-def _start(nodes: list[VMNode], qcow2: Path, acc: accel_mod.Accel, boot: qemu.Boot) -> None:
+@contextlib.contextmanager
+def credential_files(spec: dict, directory: Path):
+    """The node's credential and its SSH keys, as files (0600) for QEMU to read at start, then gone.
+
+    QEMU hands them to the guest through fw_cfg, where systemd imports them as system
+    credentials (/run/credentials/@system/): the image itself holds neither.
+    """
+    files = {"clusteros-credential": directory / "credential.json", "clusteros-ssh-keys": directory / "ssh-keys"}
+    contents = {"clusteros-credential": credentials.ensure_bundle(spec).read_bytes(),
+                "clusteros-ssh-keys": credentials.ssh_keys_text(spec).encode()}
+    try:
+        for name, path in files.items():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(contents[name])
+        yield files
+    finally:
+        for path in files.values():
+            path.unlink(missing_ok=True)
+
+
+def _start(spec: dict, nodes: list[VMNode], qcow2: Path, acc: accel_mod.Accel, boot: qemu.Boot) -> None:
     vm_dir()
     sw = switch()
     sw.ensure_running()
@@ -190,7 +211,8 @@ def _start(nodes: list[VMNode], qcow2: Path, acc: accel_mod.Accel, boot: qemu.Bo
             runner.run(f"vm-{node.name}", ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
                                            "-b", qcow2.resolve(), overlay], log=m.directory / "overlay.log",
                        timeout=60)
-        pid = m.launch(qemu.node_argv(node, m.directory, overlay, acc, boot, sw.sock))
+        with credential_files(spec, m.directory) as handed:
+            pid = m.launch(qemu.node_argv(node, m.directory, overlay, acc, boot, sw.sock) + qemu.fw_cfg_args(handed))
         runner.say("test_vm", f"{node.name}: started (pid {pid}, QMP ok), SSH on 127.0.0.1:{node.ssh_port}")
 
 

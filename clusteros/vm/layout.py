@@ -23,7 +23,6 @@ class VMNode:
     uplink_mac: str
     lan_address: str
     ssh_port: int
-    vnc_port: int
     cpus: int
     memory: int
 
@@ -48,7 +47,6 @@ def layout(spec: dict, count: int) -> list[VMNode]:
             uplink_mac=uplink_mac(name, i),
             lan_address=node.get("address") or addressing.lan_address(subnet, i),
             ssh_port=vm["ssh_base_port"] + i - 1,
-            vnc_port=vm["vnc_base_port"] + i - 1,
             cpus=node.get("cpus") or vm["cpus"],
             memory=node.get("memory") or vm["memory"],
         ))

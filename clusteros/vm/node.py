@@ -133,6 +133,18 @@ class Node:
 
     # -- power -----------------------------------------------------------------
 
+    def reboot(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Reboot the guest as its owner would (systemctl reboot); returns once it is back on SSH."""
+        boot_id = self.succeed("cat /proc/sys/kernel/random/boot_id").strip()
+        self.execute("sudo systemctl reboot", timeout=30)   # the connection may drop before it answers
+
+        def rebooted() -> None:
+            if not self.machine.is_alive():
+                raise ClusterOSError(f"{self.name}: QEMU stopped while rebooting", fix=f"see {self.machine.log}")
+            now = self.succeed("cat /proc/sys/kernel/random/boot_id", timeout=30).strip()
+            assert now != boot_id, f"{self.name} has not rebooted yet"
+        self.retry(rebooted, timeout)
+
     def shutdown(self, timeout: float = DEFAULT_TIMEOUT) -> bool:
         """ACPI power button; True once the guest has powered off."""
         return self.machine.powerdown(timeout * self.scale)

@@ -10,6 +10,7 @@ from clusteros.accel import Accel
 from clusteros.errors import ClusterOSError
 from clusteros.vm.layout import VMNode
 
+VNC_SOCKET = "vnc.sock"
 OVMF_CODE = [Path("/usr/share/OVMF/OVMF_CODE_4M.fd"), Path("/usr/share/OVMF/OVMF_CODE.fd"),
              Path("/usr/share/ovmf/OVMF.fd"), Path("/usr/share/qemu/OVMF.fd")]
 
@@ -59,18 +60,25 @@ def boot_of(spec: dict, manifest: dict, image_dir: Path) -> Boot:
                 (image_dir / files["initrd"]).resolve(), files["cmdline"])
 
 
-def machine_args(boot: Boot, machine_dir: Path, vnc_port: int) -> list[str]:
+def machine_args(boot: Boot, machine_dir: Path) -> list[str]:
     """A q35 without what a node never uses (HPET, SATA, SMBus, VMware port, USB, default devices).
 
     Booted directly, its console is the serial port alone; through firmware it keeps a screen and a
-    keyboard (VNC on 127.0.0.1), for GRUB's menu.
+    keyboard, for GRUB's menu: VNC on a unix socket in the node's own 0700 folder, so no other user
+    of the host can reach it (a TCP port on 127.0.0.1 would be open to all of them).
     """
     machine = "q35,hpet=off,sata=off,smbus=off,vmport=off,usb=off"
     if boot.direct:
         return ["-machine", f"{machine},i8042=off", "-nodefaults", "-vga", "none", "-display", "none",
                 "-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", boot.cmdline]
-    screen = ["-vga", "std", "-display", "none", "-vnc", f"127.0.0.1:{vnc_port - 5900}"]
+    screen = ["-vga", "std", "-display", "none", "-vnc", f"unix:{machine_dir / VNC_SOCKET}"]
     return ["-machine", machine, "-nodefaults", *screen] + (uefi_args(machine_dir) if boot.firmware == "uefi" else [])
+
+
+def fw_cfg_args(files: dict[str, Path]) -> list[str]:
+    """Each file as a systemd system credential of that name (QEMU reads it once, at start)."""
+    return [arg for name, path in files.items()
+            for arg in ("-fw_cfg", f"name=opt/io.systemd.credentials/{name},file={path}")]
 
 
 def node_argv(node: VMNode, machine_dir: Path, disk: Path, acc: Accel, boot: Boot, lan_sock: Path) -> list[str]:
@@ -78,7 +86,7 @@ def node_argv(node: VMNode, machine_dir: Path, disk: Path, acc: Accel, boot: Boo
     # romfile=: no iPXE option ROM for firmware to run on NICs that never netboot.
     rom = ",romfile=" if boot.direct else ""
     return ["qemu-system-x86_64", "-name", f"{node.name},process=clusteros-{node.name}",
-            *machine_args(boot, machine_dir, node.vnc_port), *acc.qemu_args, "-smp", str(node.cpus), "-m", str(node.memory),
+            *machine_args(boot, machine_dir), *acc.qemu_args, "-smp", str(node.cpus), "-m", str(node.memory),
             "-drive", f"file={disk},if=none,id=disk,format=qcow2,discard=unmap",
             "-device", "virtio-blk-pci,drive=disk",
             "-netdev", f"vde,id=lan,sock={lan_sock}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from clusteros.vm import cluster
+from clusteros.vm import cluster, qemu
 from clusteros.vm.layout import VMNode
 
 NO_CLUSTER = "no test cluster: start one with `doit test_vm`"
@@ -32,8 +32,9 @@ def _node_status(spec: dict, node: VMNode) -> NodeStatus:
 
 
 def _vnc(state: dict, node: VMNode) -> str:
-    """Booted through firmware, a node has a screen on VNC; booted directly, its console is the serial log."""
-    return f"127.0.0.1:{node.vnc_port}" if state.get("screen") else "-"
+    """Booted through firmware, a node has a screen, on VNC at a socket in its own 0700 folder; booted
+    directly, its console is the serial log."""
+    return str(cluster.machine(node).directory / qemu.VNC_SOCKET) if state.get("screen") else "-"
 
 
 def status(spec: dict) -> tuple[list[NodeStatus], dict | None]:

@@ -47,7 +47,8 @@ printf 'builder=packer\nprovisioned=%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > /et
 # Generalize: every node made from this disk must make its own identity at first boot.
 rm -f /etc/ssh/ssh_host_* /var/lib/dbus/machine-id
 : > /etc/machine-id
-rm -rf /var/lib/clusteros/wireguard /var/lib/clusteros/known-nodes.json
+rm -rf /var/lib/clusteros     # keys, members, any credential: each node makes or is given its own
+rm -f /etc/chrony/sources.d/clusteros.sources /etc/munge/munge.key
 rm -f /etc/slurm/slurm.conf
 printf 'clusteros\n' > /etc/hostname
 apt-get clean

@@ -41,6 +41,8 @@ BROKEN = [
     ("k3s-bad-sha", OK + "services: {k3s: {sha256: xyz}}\n", "services.k3s.sha256 (line 2): 'xyz' is not a sha256 hex digest"),
     ("k3s-url-and-file", OK + f"services: {{k3s: {{url: 'http://x.invalid/k', file: {__file__}, sha256: '{'a' * 64}'}}}}\n", "services.k3s (line 2): gives both url and file"),
     ("partition-unknown-node", OK + "services: {slurm: {partitions: [{name: main, nodes: [node1, nod2]}]}}\n", "services.slurm.partitions[0].nodes[1] (line 2): no node is named 'nod2'\n    hint: did you mean 'node2'?"),
+    ("storage-node-unknown", OK + "services: {slurm: {storage_node: nod3}}\n", "services.slurm.storage_node (line 2): no node is named 'nod3'\n    hint: did you mean 'node3'?"),
+    ("mpi-network-typo", OK + "services: {slurm: {mpi_network: wg1}}\n", "services.slurm.mpi_network (line 2): 'wg1' is not one of 'wg0', 'lan'"),
     ("two-default-partitions", OK + "services: {slurm: {partitions: [{name: a, default: true}, {name: b, default: true}]}}\n", "services.slurm.partitions[1].default"),
     ("ssh-key-garbage", OK + "image: {users: [{name: bob, ssh_keys: ['not a key']}]}\n", "image.users[0].ssh_keys[0] (line 2): 'not a key' is not an SSH public key"),
     ("root-user", OK + "image: {users: [{name: root}]}\n", "image.users[0].name (line 2): root cannot log in over SSH"),

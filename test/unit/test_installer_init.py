@@ -34,7 +34,8 @@ class Machine:
 
     def run(self, script: str, answers: str = "") -> subprocess.CompletedProcess:
         """Source /init with the console and power-off replaced, then run `script`."""
-        prelude = (f"SYS={self.root}/sys DEV={self.root}/dev LOG={self.root}/log CLUSTEROS_INIT_SOURCED=1\n"
+        prelude = (f"SYS={self.root}/sys DEV={self.root}/dev LOG={self.root}/log CREDENTIAL={self.root}/credential "
+                   "CLUSTEROS_INIT_SOURCED=1\n"
                    f". {INIT}\n"
                    "say() { echo \"$*\"; }\n"
                    "finish() { echo \"FINISH $1\"; exit 3; }\n"
@@ -126,3 +127,30 @@ def test_every_shell_script_passes_shellcheck():
     out = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout
 
+
+
+def test_the_owners_part_of_a_stick_is_found_after_the_image_and_put_into_the_installed_system(machine):
+    from clusteros.installer import owner_part
+    image_bytes = 3 * MIB + 4096                     # an "ISO" whose volume descriptor says where it ends
+    stick = machine.root / "dev" / "sdb"
+    machine.disk("sdb", 16)
+    with open(stick, "r+b") as f:
+        f.seek(32848)
+        f.write((image_bytes // 2048).to_bytes(4, "little"))
+        f.seek(owner_part.offset_after(image_bytes))
+        f.write(owner_part.block(b'{"credential": "signed"}', "admin ssh-ed25519 AAAA test\n"))
+    target = machine.root / "installed"
+    out = machine.run(f"MEDIUM_DISK=sdb; find_credential && echo FOUND; put_credential {target}; "
+                      f"ls -l {target}/var/lib/clusteros/credential.json")
+    assert "FOUND" in out.stdout, out.stdout + out.stderr
+    assert (target / "var/lib/clusteros/credential.json").read_bytes() == b'{"credential": "signed"}'
+    assert "-rw-------" in out.stdout, "the credential is 0600 on the installed system"
+    assert (target / "var/lib/clusteros/ssh-keys").read_text() == "admin ssh-ed25519 AAAA test\n"
+
+
+def test_a_shareable_stick_has_no_owners_part(machine):
+    machine.disk("sdb", 16)
+    with open(machine.root / "dev" / "sdb", "r+b") as f:
+        f.seek(32848)
+        f.write((3 * MIB // 2048).to_bytes(4, "little"))
+    assert "NONE" in machine.run("MEDIUM_DISK=sdb; find_credential || echo NONE").stdout

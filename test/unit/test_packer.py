@@ -31,6 +31,8 @@ def test_native_base_boots_the_native_disk_with_the_test_key(spec, tmp_path):
     assert 'accelerator = "tcg"' in hcl and 'ssh_username = "admin"' in hcl
     assert f'ssh_private_key_file = "{tmp_path / "id_ed25519"}"' in hcl
     assert 'disk_size = "4096M"' in hcl and 'vnc_bind_address = "127.0.0.1"' in hcl
+    assert "vnc_use_password = true" in hcl, "no other user of the host may watch the build"
+    assert "hostfwd=tcp:127.0.0.1:{{ .SSHHostPort }}-:22" in hcl, "Packer's SSH forward on 127.0.0.1 alone"
     assert "images/common/provision.sh" in hcl
 
 
@@ -119,11 +121,10 @@ def test_iso_build_inputs_are_complete_and_the_installed_packer_fully_validates_
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "key"], check=True)
     (tmp_path / "noble.iso").write_bytes(b"an installer ISO")
     agent.build_pyz(ROOT / "node", tmp_path / "agent.pyz")
-    (tmp_path / "secret").write_bytes(b"s" * 32)
     work = tmp_path / "work"
     work.mkdir()
     inputs = ImageInputs(name="lab", image=spec["image"], node_spec=node_view(spec),
-                         agent_pyz=tmp_path / "agent.pyz", secret=tmp_path / "secret", default_keys=())
+                         agent_pyz=tmp_path / "agent.pyz", owner_pubkey=tmp_path / "key.pub")
     job = packer.PackerJob({"kind": "iso", "url": str(tmp_path / "noble.iso"), "sha256": sha}, work, tmp_path / "key",
                            "tcg", packer.installed_version())
     hcl = packer.prepare_iso_build(spec, job, inputs)
@@ -134,9 +135,11 @@ def test_iso_build_inputs_are_complete_and_the_installed_packer_fully_validates_
         names = tar.getnames()
         assert all(m.uid == 0 and m.gid == 0 for m in tar.getmembers())
     assert "." not in names and "./" not in names, "the tar must not carry a mode for /"
-    assert {"etc/clusteros/spec.json", "etc/clusteros/cluster.secret",
+    assert {"etc/clusteros/spec.json", "etc/clusteros/owner.pub",
             "usr/local/lib/clusteros/node-agent/clusteros_node/agent.py",
             "etc/systemd/system/node-agent.service"} <= set(names)
+    assert not [n for n in names if n.startswith(("etc/clusteros/cluster.secret", "var/lib/clusteros"))], \
+        "the node files carry no secret"
     (work / "node.pkr.hcl").write_text(hcl)
     out = subprocess.run(["packer", "validate", "node.pkr.hcl"], cwd=work, capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin", "CHECKPOINT_DISABLE": "1", "HOME": str(tmp_path)})

@@ -29,7 +29,10 @@ def test_minimal_spec_gets_every_default_from_the_schema(tmp_path):
     assert spec["image"]["users"] == [{"name": "admin", "ssh_keys": [], "sudo": True, "shell": "/bin/bash"}]
     assert spec["network"]["wireguard"] == {"subnet": "10.99.0.0/24", "port": 51820}
     assert spec["services"]["slurm"]["partitions"] == [{"name": "main", "default": True, "max_time": "INFINITE"}]
-    assert spec["vm"] == {"memory": 1024, "cpus": 1, "ssh_base_port": 2223, "vnc_base_port": 5900, "accel": "auto",
+    slurm = spec["services"]["slurm"]
+    assert (slurm["storage_node"], slurm["shared_home"], slurm["accounting"], slurm["mpi_network"]) == \
+        ("node1", True, True, "wg0")
+    assert spec["vm"] == {"memory": 1024, "cpus": 1, "ssh_base_port": 2223, "accel": "auto",
                           "boot": "direct", "firmware": "bios", "boot_timeout": 120, "nodes": 3, "tests": []}
     assert spec["installer"] == {"unattended": False, "target": "auto", "on_done": "reboot"}
 
@@ -164,11 +167,11 @@ def test_k3s_fetch_errors_say_what_to_do(tmp_path, monkeypatch):
 def test_one_address_plan_for_the_host_and_the_node(subnet, index, lan, wg_subnet, wg, tmp_path):
     """The spec, the test cluster's layout and the node's own identity code agree, whatever the prefix."""
     from clusteros.vm.layout import layout
-    from clusteros_node import identity, membership
+    from clusteros_node import addressing, identity
     spec = load(f"cluster: {{name: lab}}\nnodes: {{count: {index}}}\nnetwork: {{lan: {{subnet: {subnet}}}, "
                 f"wireguard: {{subnet: {wg_subnet}}}}}\n", tmp_path)
     assert spec["nodes"][index - 1]["address"] == lan
     assert layout(spec, index)[index - 1].lan_address == lan
     node = identity.resolve(S.node_view(spec), {"eth0": S.node_mac("lab", index)}, "")
     assert node.address == f"{lan}/{subnet.split('/')[1]}"
-    assert membership.wg_address(S.node_view(spec), index, node.name) == wg
+    assert addressing.wg_address(spec["network"]["wireguard"]["subnet"], index) == wg

@@ -1,0 +1,147 @@
+"""Read every byte of a build artifact, as a stranger holding it could, and report any secret in it.
+
+An artifact is read as what it is: a sparse disk by its data extents only (SEEK_DATA),
+a gzip stream decompressed, an ISO 9660 image both as its own bytes and file by file
+(extracted with xorriso, each gzip member decompressed: the installer's initrd, the image
+data). A folder is every file in it. A gzip file already decompressed (the same sha256: the
+image data the ISO and the PXE set carry) is not decompressed twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CHUNK = 8 * 1024 * 1024
+GZIP_MAGIC = b"\x1f\x8b"
+ISO_MAGIC_OFFSET, ISO_MAGIC = 0x8001, b"CD001"
+
+
+@dataclass
+class Needles:
+    """What must not be found: name -> bytes."""
+    items: dict[str, bytes]
+
+    @classmethod
+    def for_secret(cls, label: str, secret: bytes) -> Needles:
+        """A secret in every spelling a careless writer could use: itself, hex, base64."""
+        return cls({f"{label}": secret, f"{label} (hex)": secret.hex().encode(),
+                    f"{label} (base64)": base64.b64encode(secret).rstrip(b"=")})
+
+    @classmethod
+    def for_private_key(cls, label: str, key: Path) -> Needles:
+        """An OpenSSH private key by a line from the middle of its body (unique to that key)."""
+        lines = [line for line in key.read_text().splitlines() if not line.startswith("-----")]
+        return cls({label: lines[len(lines) // 2].encode()})
+
+    def __or__(self, other: Needles) -> Needles:
+        return Needles(self.items | other.items)
+
+    @property
+    def longest(self) -> int:
+        return max(len(n) for n in self.items.values())
+
+
+@dataclass
+class Scan:
+    needles: Needles
+    findings: list[str] = field(default_factory=list)
+    decompressed: set[str] = field(default_factory=set)   # sha256 of the gzip files read
+    read_bytes: int = 0
+
+    def path(self, path: Path, where: str | None = None) -> None:
+        where = where or str(path)
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file():
+                    self.path(child, f"{where}/{child.relative_to(path)}")
+            return
+        with open(path, "rb") as f:
+            head = f.read(ISO_MAGIC_OFFSET + len(ISO_MAGIC))
+        if head.startswith(GZIP_MAGIC):
+            self.gzip_file(path, f"{where} (decompressed)")
+            return
+        self.sparse_file(path, where)
+        if head[ISO_MAGIC_OFFSET:] == ISO_MAGIC:
+            self.iso_members(path, where)
+
+    def gzip_file(self, path: Path, where: str) -> None:
+        digest = _sha256(path)
+        if digest not in self.decompressed:
+            self.decompressed.add(digest)
+            with gzip.open(path) as stream:
+                self.stream(stream, where)
+
+    def stream(self, stream, where: str) -> None:
+        """Search a stream chunk by chunk, each chunk with the tail of the last, so that a needle
+        across two chunks is found."""
+        tail = b""
+        while chunk := stream.read(CHUNK):
+            self.read_bytes += len(chunk)
+            self._search(tail + chunk, where)
+            tail = chunk[-(self.needles.longest - 1):]
+
+    def sparse_file(self, path: Path, where: str) -> None:
+        """Every data extent of a (sparse) file; holes are zeros and hold nothing."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size, offset = os.fstat(fd).st_size, 0
+            while offset < size:
+                try:
+                    start = os.lseek(fd, offset, os.SEEK_DATA)
+                except OSError:        # ENXIO: no data after offset
+                    break
+                end = os.lseek(fd, start, os.SEEK_HOLE)
+                os.lseek(fd, start, os.SEEK_SET)
+                self.stream(_Limited(fd, end - start), f"{where} @{start}")
+                offset = end
+        finally:
+            os.close(fd)
+
+    def iso_members(self, iso: Path, where: str) -> None:
+        with tempfile.TemporaryDirectory(prefix="scan-iso-") as tmp:
+            subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/", tmp],
+                           check=True, capture_output=True)
+            for member in sorted(Path(tmp).rglob("*")):
+                if member.is_file() and _is_gzip(member):
+                    self.gzip_file(member, f"{where}:{member.relative_to(tmp)} (decompressed)")
+
+    def _search(self, data: bytes, where: str) -> None:
+        for name, needle in self.needles.items.items():
+            if needle in data:
+                self.findings.append(f"{where}: {name}")
+
+
+class _Limited:
+    """`length` bytes of a file descriptor from its current offset, as a readable stream."""
+
+    def __init__(self, fd: int, length: int):
+        self.fd, self.left = fd, length
+
+    def read(self, size: int) -> bytes:
+        data = os.read(self.fd, min(size, self.left)) if self.left > 0 else b""
+        self.left -= len(data)
+        return data
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == GZIP_MAGIC
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def scan(paths: list[Path], needles: Needles) -> Scan:
+    found = Scan(needles)
+    for path in paths:
+        found.path(path)
+    return found

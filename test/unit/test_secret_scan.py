@@ -1,0 +1,55 @@
+"""The artifact scanner the e2e tests trust to say "no secret here" must find one wherever it hides."""
+
+import gzip
+import subprocess
+
+import pytest
+
+from ..secret_scan import CHUNK, Needles, scan
+
+SECRET = b"0123456789abcdef" * 4
+NEEDLES = Needles.for_secret("secret", SECRET)
+
+
+def test_a_clean_file_has_no_findings(tmp_path):
+    (tmp_path / "clean").write_bytes(b"nothing here" * 1000)
+    assert scan([tmp_path / "clean"], NEEDLES).findings == []
+
+
+def test_a_secret_far_into_a_sparse_disk_across_a_chunk_boundary_is_found(tmp_path):
+    disk = tmp_path / "disk.raw"
+    with open(disk, "wb") as f:
+        f.truncate(3 * 2**30)
+        f.seek(2**30)   # data well after a hole, the secret split over its first two chunks
+        f.write(b"x" * (CHUNK - 10) + SECRET.hex().encode())
+    found = scan([disk], NEEDLES)
+    assert found.findings == [f"{disk} @{2**30}: secret (hex)"]
+    assert found.read_bytes < 2 * CHUNK, "holes are not read"
+
+
+def test_a_secret_in_a_gzip_stream_is_found_and_one_file_is_decompressed_once(tmp_path):
+    packed = tmp_path / "data.gz"
+    packed.write_bytes(gzip.compress(b"a" * 5000 + SECRET + b"b" * 5000))
+    copy = tmp_path / "copy.gz"
+    copy.write_bytes(packed.read_bytes())
+    assert scan([packed, copy], NEEDLES).findings == [f"{packed} (decompressed): secret"]
+
+
+@pytest.mark.needs("xorriso")
+def test_a_secret_inside_a_gzipped_file_of_an_iso_is_found(tmp_path):
+    medium = tmp_path / "medium"
+    (medium / "boot").mkdir(parents=True)
+    (medium / "boot" / "initrd.img").write_bytes(gzip.compress(b"cpio " + SECRET + b" more"))
+    iso = tmp_path / "x.iso"
+    subprocess.run(["xorriso", "-as", "mkisofs", "-o", str(iso), str(medium)], check=True, capture_output=True)
+    found = scan([iso], NEEDLES).findings
+    assert found == [f"{iso}:boot/initrd.img (decompressed): secret"], found
+
+
+def test_a_private_key_is_known_by_a_line_of_its_body(tmp_path):
+    key = tmp_path / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    needles = Needles.for_private_key("test key", key)
+    (tmp_path / "leak").write_bytes(b"junk\n" + key.read_bytes())
+    (tmp_path / "pub").write_bytes((tmp_path / "id.pub").read_bytes())
+    assert scan([tmp_path / "leak", tmp_path / "pub"], needles).findings == [f"{tmp_path / 'leak'} @0: test key"]
