@@ -33,15 +33,20 @@ MIRROR_PORT = 47180   # fixed, so that the spec (and so the image) is the same f
 
 @pytest.fixture(scope="session")
 def k3s_mirror():
-    """A K3s release page on 127.0.0.1 whose k3s binary is the stand-in."""
-    release = DIST / "k3s-release" / K3S_VERSION
-    release.mkdir(parents=True, exist_ok=True)
-    binary = (ROOT / "test" / "e2e" / "k3s_standin.py").read_bytes()
-    (release / "k3s").write_bytes(binary)
-    (release / "sha256sum-amd64.txt").write_text(f"{hashlib.sha256(binary).hexdigest()}  k3s\n")
+    """A K3s release page on 127.0.0.1 whose k3s binary is the stand-in.
 
-    with serve_directory(release.parent, port=MIRROR_PORT) as url:
-        yield url
+    The mirror's URL names the stand-in's hash: a real release never changes under its
+    version, so the k3s task rightly keys its download on the spec alone; a changed
+    stand-in is a new URL, and so a new download and a new image."""
+    binary = (ROOT / "test" / "e2e" / "k3s_standin.py").read_bytes()
+    digest = hashlib.sha256(binary).hexdigest()
+    mirror = DIST / "k3s-release" / digest[:12]
+    (mirror / K3S_VERSION).mkdir(parents=True, exist_ok=True)
+    (mirror / K3S_VERSION / "k3s").write_bytes(binary)
+    (mirror / K3S_VERSION / "sha256sum-amd64.txt").write_text(f"{digest}  k3s\n")
+
+    with serve_directory(mirror.parent, port=MIRROR_PORT) as url:
+        yield f"{url.rstrip('/')}/{digest[:12]}"
 
 
 def e2e_spec_text(mirror: str) -> str:
@@ -66,6 +71,8 @@ def e2e_dist(k3s_mirror):
     patch.chdir(ROOT)
     patch.setenv("CLUSTEROS_DIST", str(DIST.relative_to(ROOT)))
     patch.setenv("CLUSTEROS_SPEC", str(spec_file))
+    # Its own secrets, owner key and test key: the tests rotate the credential, never the user's.
+    patch.setenv("CLUSTEROS_STATE_DIR", str(DIST.relative_to(ROOT) / "state"))
     patch.delenv("CLUSTEROS_DOIT_DB", raising=False)
     yield DIST
     patch.undo()
@@ -93,3 +100,28 @@ def image(e2e_dist) -> Path:
 def spec(e2e_dist):
     from clusteros.spec import load_spec
     return load_spec(os.environ["CLUSTEROS_SPEC"])
+
+
+@pytest.fixture(scope="session")
+def running(image, spec):
+    """The 3-node cluster, booted once for every module that checks it (test_cluster*, in that order);
+    the last of them stops and cleans it, and this cleans up whatever is left."""
+    from clusteros.vm import cluster as lifecycle
+    from clusteros.vm.checks import ClusterHandle
+    doit("test_vm", timeout=1500)
+    yield ClusterHandle(spec, lifecycle.running_nodes(spec))
+    doit("vm_clean", check=False)
+
+
+def pids() -> dict[str, int]:
+    from clusteros.vm import cluster as lifecycle
+    from clusteros.vm.layout import VMNode
+    state = lifecycle.load_state()
+    return {n["name"]: lifecycle.machine(VMNode(**n)).pid() for n in state["nodes"]}
+
+
+def agent_status(node) -> dict:
+    import json
+    status = json.loads(node.succeed("clusteros-node status --json || true"))
+    assert "error" not in status, f"{node.name}: {status['error']}"   # not running yet: retried
+    return status

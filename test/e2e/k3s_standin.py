@@ -3,8 +3,8 @@
 
 It takes k3s's own command line, as the node-agent gives it, and does the part
 of k3s's job that proves the agent wired it up right:
-- `k3s server ... --node-ip IP` listens on IP:6443 and welcomes every agent that
-  presents the same token, recording the address each one came from;
+- `k3s server ... --node-ip IP --token-file F` listens on IP:6443 and welcomes every
+  agent that presents the same token, recording the address each one came from;
 - `k3s agent --server https://HOST:6443 ...` keeps joining that server with its
   token, recording the answer.
 What it saw goes to /run/k3s-standin.json for the test to read.
@@ -24,6 +24,12 @@ def option(args: list[str], name: str) -> str:
     return args[args.index(name) + 1]
 
 
+def token(args: list[str]) -> str:
+    """As k3s reads it: from --token-file (the node-agent never puts a token on a command line)."""
+    with open(option(args, "--token-file")) as f:
+        return f.read().strip()
+
+
 def record(state: dict) -> None:
     with open(RECORD + ".tmp", "w") as f:
         json.dump(state, f)
@@ -31,7 +37,7 @@ def record(state: dict) -> None:
 
 
 def server(args: list[str], state: dict) -> None:
-    token = option(args, "--token")
+    expected = token(args)
     listener = socket.create_server((option(args, "--node-ip"), 6443), reuse_port=True)
     state["agents"] = {}
     record(state)
@@ -40,7 +46,7 @@ def server(args: list[str], state: dict) -> None:
         with conn:
             conn.settimeout(5)
             offered = conn.makefile().readline().strip()
-            welcome = offered == token
+            welcome = offered == expected
             conn.sendall(b"welcome\n" if welcome else b"bad token\n")
         if welcome:
             state["agents"][peer] = time.time()
@@ -52,7 +58,7 @@ def agent(args: list[str], state: dict) -> None:
     while True:
         try:
             with socket.create_connection((url.hostname, url.port), timeout=5) as conn:
-                conn.sendall(option(args, "--token").encode() + b"\n")
+                conn.sendall(token(args).encode() + b"\n")
                 state["answer"] = conn.makefile().readline().strip()
         except OSError as exc:
             state["answer"] = f"cannot connect: {exc}"

@@ -14,10 +14,8 @@ with two empty disks; so must a PXE node that runs the image from RAM.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +23,19 @@ from urllib.parse import urlparse
 
 import pytest
 
-from clusteros import accel, secrets
+from clusteros import accel, credentials, secrets
+from clusteros.cli import main as clusteros
 from clusteros.spec import load_spec
 from clusteros.vm import ports, qemu
+from clusteros.vm.cluster import credential_files
 from clusteros.vm.machine import Machine
 from clusteros.vm.node import Node, retry
 from clusteros.vm.ssh import SSHTarget
 
+from clusteros_node import k3s, messages, slurm
+
 from ..local_http import serve_directory
+from ..secret_scan import Needles, scan
 from .conftest import DIST, doit
 
 pytestmark = pytest.mark.e2e
@@ -66,14 +69,47 @@ def unattended_spec(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def installers(image, unattended_spec) -> dict:
+def fw_cfg_credential(unattended_spec) -> list[str]:
+    """QEMU arguments handing a machine the credential as a test VM gets it. The ISO and PXE
+    installs carry none, and their machines have no cluster to be approved by. The files stay
+    while the module runs: these machines reboot into the installed system."""
+    directory = DIST / "vm-installers" / "credential"
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    with credential_files(load_spec(unattended_spec), directory) as files:
+        yield qemu.fw_cfg_args(files)
+
+
+@pytest.fixture(scope="module")
+def installers(image, unattended_spec, fw_cfg_credential) -> dict:
+    """The shareable installers, and the owner's stick as the README makes it: `clusteros flash --credential`
+    onto a stick (a loop device here), which must hold what `clusteros owner-stick` writes to a file."""
     doit("iso", "usb", "pxe", env={"CLUSTEROS_SPEC": str(unattended_spec)})
-    usb = DIST / "vm-installers" / "usb.img"
-    usb.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(DIST / "democluster-usb.img.gz") as src, open(usb, "wb") as dst:
-        shutil.copyfileobj(src, dst, 4 * 1024 * 1024)
+    made = DIST / "vm-installers" / "owner-stick.img"
+    made.parent.mkdir(parents=True, exist_ok=True)
+    assert clusteros(["owner-stick", str(made), "--spec", str(unattended_spec)]) == 0
+    assert made.stat().st_mode & 0o777 == 0o600
+    usb = flashed_stick(DIST / "vm-installers" / "usb.img", unattended_spec)
+    with open(usb, "rb") as stick, open(made, "rb") as expected:
+        assert stick.read(made.stat().st_size) == expected.read(), "the flashed stick is the owner's stick"
+    made.unlink()
     return {"iso": DIST / "democluster-installer.iso", "usb": usb, "pxe": DIST / "pxe",
-            "spec": load_spec(unattended_spec)}
+            "spec": load_spec(unattended_spec), "credential": fw_cfg_credential}
+
+
+def flashed_stick(backing: Path, spec_file: Path) -> Path:
+    """A 2 GiB stick (a loop device on `backing`), written and read back by `clusteros flash --credential`."""
+    backing.unlink(missing_ok=True)
+    fd = os.open(backing, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.ftruncate(fd, 2 * 2**30)
+    os.close(fd)
+    device = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    try:   # --force: a loop device does not say it is removable
+        assert clusteros(["flash", device, "--credential", "--yes", "--force", "--spec", str(spec_file)]) == 0
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=True)
+    return backing
 
 
 def empty_disk(path: Path, size: str = "6G") -> Path:
@@ -105,7 +141,7 @@ def start_install(medium: str, built: dict, number: int) -> Install:
     if medium == "iso":
         argv = qemu_base(machine, disk, "bios") + [
             "-cdrom", str(built["iso"]),    # in place of q35's empty default CD drive
-            "-netdev", f"user,id=net,{forward}", "-device", "virtio-net-pci,netdev=net"]
+            "-netdev", f"user,id=net,{forward}", "-device", "virtio-net-pci,netdev=net", *built["credential"]]
     elif medium == "usb":
         argv = qemu_base(machine, disk, "uefi") + [
             "-device", "qemu-xhci",
@@ -115,7 +151,7 @@ def start_install(medium: str, built: dict, number: int) -> Install:
     else:
         argv = qemu_base(machine, disk, "bios") + [
             "-netdev", f"user,id=net,{forward},tftp={built['pxe']},bootfile=boot.ipxe",
-            "-device", "virtio-net-pci,netdev=net,bootindex=1"]
+            "-device", "virtio-net-pci,netdev=net,bootindex=1", *built["credential"]]
     machine.launch(argv)
     return Install(medium, handle(machine, built["spec"], port), disk)
 
@@ -226,7 +262,8 @@ def test_pxe_node_runs_from_ram_and_touches_no_disk(installers, http_server):
         "-append", f"console=ttyS0,115200n8 clusteros.install=ram clusteros.image=http://10.0.2.2:{http_server}/image.data.gz",
         "-netdev", f"user,id=net,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-device", "virtio-net-pci,netdev=net",
-        "-drive", f"file={disk},if=none,id=d0,format=qcow2", "-device", "virtio-blk-pci,drive=d0"])
+        "-drive", f"file={disk},if=none,id=d0,format=qcow2", "-device", "virtio-blk-pci,drive=d0",
+        *installers["credential"]])
     with machine:
         node = handle(machine, installers["spec"], port)
         node.wait_for_console_text("running democluster from RAM", timeout=INSTALL_TIMEOUT)
@@ -303,3 +340,44 @@ def test_pxe_set_has_what_a_boot_server_needs(installers):
     names = {p.name for p in installers["pxe"].iterdir()}
     assert names == {"vmlinuz", "initrd.img", "image.data.gz", "boot.ipxe", "dnsmasq.conf.example"}
     assert installers["pxe"].joinpath("boot.ipxe").read_text().startswith("#!ipxe")
+
+
+def test_the_owners_stick_gives_its_machine_the_credential_and_a_test_vm_keeps_it_off_disk(installed, installs):
+    usb, iso = installs["usb"].node, installs["iso"].node
+    assert usb.succeed("sudo stat -c '%a %U' /var/lib/clusteros/credential.json").strip() == "600 root"
+    usb.fail("test -r /var/lib/clusteros/credential.json")   # not for the login user
+    iso.succeed("test ! -e /var/lib/clusteros/credential.json && sudo test -s /run/credentials/@system/clusteros-credential")
+    for node in (usb, iso):   # each holds the credential: a cluster of one, led by itself
+        status = node.wait_until_succeeds("clusteros-node status --json | grep -q '\"generation\"' "
+                                          "&& clusteros-node status --json", timeout=90)
+        assert json.loads(status)["credential"]["generation"] >= 1, node.name
+
+
+def secrets_of(spec: dict) -> Needles:
+    """Every generation's cluster secret and what derives from it, the owner's and the test key's
+    private halves, and the test key's public half (no image may let it in)."""
+    needles = Needles({"test public key": secrets.test_key_path(spec).with_suffix(".pub").read_text().split()[1].encode()})
+    needles |= Needles.for_private_key("test private key", secrets.test_key_path(spec))
+    needles |= Needles.for_private_key("owner private key", secrets.owner_key_path(spec))
+    for number in range(1, credentials.generation(spec) + 1):
+        secret = credentials.secret_bytes(spec, number)
+        needles |= Needles.for_secret(f"secret {number}", secret)
+        needles |= Needles.for_secret(f"munge key {number}", slurm.munge_key(secret))
+        needles |= Needles.for_secret(f"announce key {number}", messages.announce_key(secret))
+        needles |= Needles({f"k3s token {number}": k3s.token(secret).encode()})
+    return needles
+
+
+def test_no_shareable_artifact_holds_a_secret_or_the_test_key(installers):
+    """Every byte of each, decompressed where it is compressed; the owner's part as the control."""
+    spec, needles = installers["spec"], secrets_of(installers["spec"])
+    shareable = [DIST / f"democluster.{suffix}" for suffix in ("qcow2", "raw", "raw.gz", "data.gz")] + [
+        installers["iso"], DIST / "democluster-usb.img.gz", installers["pxe"]]
+    found = scan(shareable, needles)
+    assert found.findings == []
+    assert found.read_bytes > 2 * 2**30, "the disks' data was read, not just their headers"
+    part = DIST / "democluster-usb-credential.bin"
+    assert part.stat().st_mode & 0o777 == 0o600
+    assert any(f.endswith("(hex)") and ": secret " in f for f in scan([part], needles).findings), \
+        "the owner's part holds the credential: the scan would see a leak"
+    assert credentials.generation(spec) >= 1

@@ -57,7 +57,7 @@ def test_packer_image_boots_and_passes_the_smoke_checks(packer_image):
     work, spec, _ = packer_image
     acc = accel.choose("auto")
     vm = VMNode(index=1, name="packer-boot", lan_mac="52:54:00:ee:ef:01", uplink_mac="52:54:01:ee:ef:01",
-                lan_address="10.42.0.251", ssh_port=2297, vnc_port=5997, cpus=1, memory=1024)
+                lan_address="10.42.0.251", ssh_port=2297, cpus=1, memory=1024)
     lan = Switch(work / "lan")
     lan.ensure_running()
     machine = Machine(vm.name, work / vm.name, stop_timeout=acc.scale(30))

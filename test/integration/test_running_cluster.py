@@ -58,3 +58,40 @@ def test_every_node_reaches_every_other_on_the_lan(cluster):
         for other, address in addresses.items():
             if other != node.name:
                 node.succeed(f"ping -c 1 -W 5 {address}")
+
+
+def test_every_node_reaches_every_other_over_wg0(cluster):
+    addresses = {node.name: _agent_status(node)["wg_address"] for node in cluster}
+    for node in cluster:
+        for other, address in addresses.items():
+            if other != node.name:
+                node.succeed(f"ping -c 1 -W 5 -I wg0 {address}")
+
+
+def test_k3s_is_present_where_the_spec_enables_it(cluster):
+    wanted = cluster.spec["services"]["k3s"]["enabled"]
+    for node in cluster:
+        present = node.execute("test -x /usr/local/bin/k3s").status == 0
+        assert present == wanted, f"{node.name}: k3s {'missing' if wanted else 'present though disabled'}"
+
+
+def test_the_cgroup_controllers_kubelet_and_slurm_need_are_delegated(cluster):
+    """cgroup v2 alone, with cpu, cpuset, memory and pids enabled for system services (slurmd, k3s)."""
+    for node in cluster:
+        assert node.succeed("stat -fc %T /sys/fs/cgroup").strip() == "cgroup2fs", f"{node.name}: not cgroup v2"
+        for level in ("/sys/fs/cgroup", "/sys/fs/cgroup/system.slice"):
+            enabled = set(node.succeed(f"cat {level}/cgroup.subtree_control").split())
+            missing = {"cpu", "cpuset", "memory", "pids"} - enabled
+            assert not missing, f"{node.name}: {level} does not delegate {sorted(missing)}"
+
+
+def test_every_node_is_running_with_no_failed_unit(cluster):
+    for node in cluster:
+        state = node.retry(lambda: _settled(node), timeout=120)
+        assert state == "running", f"{node.name} is {state}: " + node.succeed("systemctl --failed --no-legend")
+
+
+def _settled(node) -> str:
+    state = node.execute("systemctl is-system-running").stdout.strip()
+    assert state not in ("initializing", "starting"), f"{node.name} is still {state}"
+    return state

@@ -1,0 +1,197 @@
+"""A cluster only its owner can join, on the running 3-node cluster (booted once, for test_cluster too).
+
+What a member, a stranger and a clock can and cannot do (docs/security.md): a machine without
+the credential waits for the owner's approval; a member cannot take another's name; a flood
+of signed malformed messages changes nothing; a clock step moves no role; no token shows in
+a command line; a rotation reaches every member and the old secret is refused. The last test
+stops and cleans the cluster.
+"""
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from clusteros import credentials
+from clusteros.cli import main as clusteros
+from clusteros.vm import cluster as lifecycle
+from clusteros.vm import qemu
+from clusteros.vm.layout import layout
+from clusteros_node import k3s
+
+from .conftest import DIST, agent_status, doit, pids
+from .test_cluster import payload_for, send
+
+pytestmark = pytest.mark.e2e
+
+
+def statuses(running) -> dict[str, dict]:
+    return {node.name: agent_status(node) for node in running}
+
+
+def controller_of(running) -> str:
+    seen = {s["controller"] for s in statuses(running).values()}
+    assert len(seen) == 1 and None not in seen, seen
+    return seen.pop()
+
+
+# -- a stranger ---------------------------------------------------------------------
+
+@pytest.fixture
+def stranger(running, spec):
+    """A fourth VM booted from the image alone: no credential from the host (no fw_cfg)."""
+    vm = layout(spec, 4)[3]
+    machine = lifecycle.machine(vm)
+    machine.directory.mkdir(parents=True, exist_ok=True)
+    overlay = machine.directory / "overlay.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                    str((DIST / "democluster.qcow2").resolve()), str(overlay)], check=True)
+    manifest = json.loads((DIST / "democluster.manifest.json").read_text())
+    acc = __import__("clusteros.accel", fromlist=["choose"]).choose("auto")
+    machine.launch(qemu.node_argv(vm, machine.directory, overlay, acc, qemu.boot_of(spec, manifest, DIST),
+                                  lifecycle.switch().sock))
+    yield lifecycle.node_handle(spec, vm, acc.scale(1.0))
+    machine.stop(30)
+    for node in running:   # a machine gone for good: every member forgets it
+        node.execute("sudo clusteros-node forget node4")
+    os.remove(overlay)
+
+
+def test_a_machine_without_the_credential_waits_and_joins_only_once_approved(running, stranger):
+    match = stranger.wait_for_console_text(r"clusteros-node approve (\w{4}-\w{4}-\w{4})", timeout=150)
+    fingerprint = match.group(1)
+    node1 = running["node1"]
+    running.retry(lambda: _asking(agent_status(node1), fingerprint), 30)
+    assert "node4" not in [m["name"] for m in agent_status(node1)["members"]], "no member before approval"
+    refused = stranger.execute("true")   # no key for admin: the image has none, the credential brings it
+    assert refused.status == 255 and "Permission denied (publickey)" in refused.stderr, refused
+
+    assert clusteros(["approve", fingerprint]) == 0       # from the build host, through node1
+    stranger.wait_for_ssh(timeout=90)
+    members = lambda: _live(agent_status(node1), "node4")   # noqa: E731
+    running.retry(members, 60)
+    try:
+        node1.wait_until_succeeds("srun -w node4 hostname | grep -qx node4", timeout=90)
+    except Exception as failure:
+        raise AssertionError(f"{failure}\n--- what node1 knows\n{_slurm_story(node1)}") from failure
+    peers = stranger.succeed("sudo wg show wg0 peers").split()
+    assert len(peers) == 3, "node4 is in the mesh with all three"
+    assert json.loads(stranger.succeed("clusteros-node status --json"))["credential"]["generation"] >= 1
+
+
+def _slurm_story(node) -> str:
+    return node.execute("clusteros-node status; grep -H NodeName /etc/slurm/slurm.conf /run/slurm/conf/slurm.conf;"
+                        " scontrol show node node4; sudo journalctl -u slurmctld -u slurmd -n 40 --no-pager").stdout
+
+
+def _asking(status: dict, fingerprint: str) -> None:
+    assert fingerprint in [p["fingerprint"] for p in status["pending"]], status["pending"]
+
+
+def _live(status: dict, name: str) -> None:
+    assert name in [m["name"] for m in status["members"] if m["live"]], status["members"]
+
+
+# -- members ---------------------------------------------------------------------------
+
+def test_a_member_announcing_node1s_name_and_key_changes_nothing(running):
+    node1_key = agent_status(running["node2"])  # what node2 holds for node1, before
+    before = {m["name"]: (m["lan_ip"], m["wg_ip"]) for m in node1_key["members"]}
+    key = running["node3"].succeed("sudo wg show wg0 allowed-ips | awk '$2 == \"10.99.0.1/32\" {print $1}'").strip()
+    assert key, "node3 knows node1's key"
+    for lan_ip in ("10.42.0.11", "10.42.0.13"):   # node1's address, spoken from node3; and node3's own
+        fake = payload_for("node1", 1, lan_ip, "10.99.0.1", wg_pubkey=key)
+        send(running["node3"], f"messages.encode_announcement({fake!r}, cred.generation, cred.announce_key)")
+    time.sleep(5)
+    for name in ("node1", "node2"):
+        status = agent_status(running[name])
+        assert {m["name"]: (m["lan_ip"], m["wg_ip"]) for m in status["members"]} == before
+        assert status["refused_packets"] >= (1 if name == "node2" else 0)
+    assert "10.42.0.11:51820" in running["node2"].succeed("sudo wg show wg0 endpoints")
+
+
+def test_a_flood_of_signed_malformed_messages_leaves_every_agent_running_and_slurm_working(running):
+    restarts = {n.name: n.succeed("systemctl show node-agent -p NRestarts --value").strip() for n in running}
+    odd = "[None, '', 'x' * 3000, -1, 2**70, 1.5, [], {}, True, '0.0.0.0/0', 'a\\\\nPrologSlurmctld=/bin/sh']"
+    expression = (f"[messages.encode_announcement(dict(base, **{{key: value}}), cred.generation, cred.announce_key) "
+                  f"for key in base for value in {odd}]")
+    base = payload_for("node3", 3, "10.42.0.13", "10.99.0.3")
+    send(running["node3"], f"(lambda base: {expression})({base!r})", count=60)   # ~9000 signed packets
+    for node in running:
+        node.wait_for_unit("node-agent.service")
+        assert node.succeed("systemctl show node-agent -p NRestarts --value").strip() == restarts[node.name]
+    names = running["node1"].wait_until_succeeds("srun -N3 hostname", timeout=120).split()
+    assert sorted(names) == ["node1", "node2", "node3"]
+    assert "dropped a packet from 10.42.0.13" in running["node1"].succeed("sudo journalctl -u node-agent --no-pager")
+
+
+# -- clocks -------------------------------------------------------------------------------
+
+def test_a_clock_step_on_the_controller_moves_no_role_and_a_wrong_clock_is_put_right(running):
+    leader = controller_of(running)
+    running[leader].succeed("sudo date -s '+30 seconds' >/dev/null")
+    time.sleep(45)
+    assert controller_of(running) == leader
+    worker = next(node for node in running if node.name != leader)
+    worker.succeed("sudo date -s '-100 seconds' >/dev/null")
+
+    def in_step() -> None:
+        theirs, ours = int(running[leader].succeed("date +%s")), int(worker.succeed("date +%s"))
+        assert abs(theirs - ours) <= 3, f"{worker.name} is {ours - theirs}s off the controller"
+    running.retry(in_step, 45)
+    assert controller_of(running) == leader
+
+
+# -- secrets on nodes -----------------------------------------------------------------------
+
+def test_no_token_or_secret_shows_in_a_command_line_or_a_world_readable_file(running, spec):
+    secret = credentials.secret_bytes(spec, credentials.generation(spec))
+    token = k3s.token(secret)
+    for node in running:
+        args = node.succeed("ps -eo args")
+        assert token not in args and secret.hex() not in args
+        assert token not in node.succeed("systemctl show clusteros-k3s.service -p Description -p ExecStart")
+        assert token not in node.succeed("cat /run/clusteros/status.json")
+        node.fail("cat /var/lib/clusteros/k3s/token")   # 0600: not for the login user
+        assert node.succeed("sudo stat -c %a /var/lib/clusteros/k3s/token").strip() == "600"
+
+
+# -- rotation (changes the secret: after the others) ------------------------------------------
+
+def test_a_rotation_reaches_every_member_and_the_old_secret_is_refused(running, spec):
+    before = credentials.generation(spec)
+    assert clusteros(["rotate"]) == 0
+    new = credentials.generation(spec)
+    assert new == before + 1
+    running.retry(lambda: _all_at(running, new), 60)
+    names = running["node1"].wait_until_succeeds("srun -N3 hostname", timeout=150).split()
+    assert sorted(names) == ["node1", "node2", "node3"], "munge keys changed everywhere"
+    time.sleep(70)                      # past the grace in which the previous generation still counts
+    old = payload_for("intruder", 9, "10.42.0.13", "10.99.0.9", generation=before)
+    send(running["node3"], f"messages.encode_announcement({old!r}, {before}, cred.announce_key)")
+    time.sleep(5)
+    log = running["node1"].succeed("sudo journalctl -u node-agent --no-pager")
+    assert f"credential generation {before}, not one this node holds" in log
+    assert "intruder" not in [m["name"] for m in agent_status(running["node1"])["members"]]
+
+
+def _all_at(running, generation: int) -> None:
+    for node in running:
+        assert agent_status(node)["credential"]["generation"] == generation, node.name
+
+
+def test_stop_then_clean_leaves_no_process_socket_or_overlay(running):
+    qemu_pids = list(pids().values())
+    out = doit("vm_stop")
+    assert [line for line in out.stdout.splitlines() if line.startswith("node")] == [
+        "node1: powered down", "node2: powered down", "node3: powered down"], "ACPI, not a kill"
+    for pid in qemu_pids:
+        assert not os.path.exists(f"/proc/{pid}/cmdline") or b"qemu" not in open(f"/proc/{pid}/cmdline", "rb").read()
+    assert not list((DIST / "vm").rglob("*.sock")) and not list((DIST / "vm").rglob("*.pid"))
+    assert list((DIST / "vm").rglob("overlay.qcow2")), "vm_stop keeps the overlays"
+    assert not [p for p in (DIST / "vm").rglob("*") if p.name in ("credential.json", "ssh-keys")], \
+        "QEMU read the credential at start: no copy stays beside it"
+    doit("vm_clean")
+    assert not (DIST / "vm").exists()
