@@ -20,6 +20,7 @@ def installer_config(installer: dict, manifest: dict, payload: "Payload") -> dic
         "MEDIUM_ID": medium_id(payload.gz_sha256),
         "INSTALL": "auto" if installer["unattended"] else "ask",
         "TARGET": installer["target"],
+        "OVERWRITE": installer.get("overwrite", ""),
         "ON_DONE": installer["on_done"],
         "IMAGE_URL": "",
     }

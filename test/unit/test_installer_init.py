@@ -21,11 +21,14 @@ class Machine:
         (root / "sys" / "block").mkdir(parents=True)
         (root / "dev").mkdir()
 
-    def disk(self, name: str, mib: int, model: str = "QEMU HARDDISK", data_at: tuple[int, ...] = ()) -> None:
+    def disk(self, name: str, mib: int, model: str = "QEMU HARDDISK", data_at: tuple[int, ...] = (),
+             serial: str = "") -> None:
         block = self.root / "sys" / "block" / name
         (block / "device").mkdir(parents=True)
         (block / "size").write_text(f"{mib * MIB // 512}\n")
         (block / "device" / "model").write_text(model + "   \n")
+        if serial:
+            (block / "device" / "serial").write_text(f"  {serial}\n")
         with open(self.root / "dev" / name, "wb") as f:
             f.truncate(mib * MIB)
             for offset in data_at:
@@ -39,7 +42,8 @@ class Machine:
                    f". {INIT}\n"
                    "say() { echo \"$*\"; }\n"
                    "finish() { echo \"FINISH $1\"; exit 3; }\n"
-                   "INSTALL=${INSTALL:-auto} TARGET=${TARGET:-auto} IMAGE_NAME=lab\n")
+                   "INSTALL=${INSTALL:-auto} TARGET=${TARGET:-auto} IMAGE_NAME=lab\n"
+                   f"RUN_DIR={self.root}/run; mkdir -p $RUN_DIR\n")
         return subprocess.run(["/bin/busybox", "sh", "-c", prelude + script], input=answers, capture_output=True,
                               text=True, timeout=30)
 
@@ -89,6 +93,33 @@ def test_an_explicit_target_may_not_be_the_installers_own_disk(machine):
     assert "is the disk this installer runs from" in out.stdout and "TARGET=" not in out.stdout
 
 
+def test_an_explicit_target_with_data_needs_its_serial_named_to_be_erased(machine):
+    machine.disk("vda", 8, data_at=(0,), serial="S4EVNX0M1")
+    refused = machine.run("TARGET=/dev/vda; choose_target_unattended; echo TARGET=$TARGET_DISK")
+    assert "holds data (or cannot be read)" in refused.stdout and "TARGET=" not in refused.stdout
+    assert 'installer.overwrite: "S4EVNX0M1"' in refused.stdout
+    wrong = machine.run("TARGET=/dev/vda OVERWRITE=OTHER; choose_target_unattended; echo TARGET=$TARGET_DISK")
+    assert "TARGET=" not in wrong.stdout
+    named = machine.run("TARGET=/dev/vda OVERWRITE=S4EVNX0M1; choose_target_unattended; echo TARGET=$TARGET_DISK")
+    assert "TARGET=vda" in named.stdout and "erasing it" in named.stdout
+
+
+def test_an_empty_explicit_target_needs_no_serial_and_an_unreadable_disk_is_not_empty(machine):
+    machine.disk("vda", 8)
+    assert "TARGET=vda" in machine.run("TARGET=/dev/vda; choose_target_unattended; echo TARGET=$TARGET_DISK").stdout
+    machine.disk("vdb", 8)
+    (machine.root / "dev" / "vdb").unlink()          # listed by the kernel, but no device to read
+    out = machine.run("is_empty vdb && echo empty || echo not-empty; TARGET=/dev/vdb; choose_target_unattended; "
+                      "echo TARGET=$TARGET_DISK")
+    assert "not-empty" in out.stdout and "TARGET=" not in out.stdout
+
+
+def test_a_fetch_that_fails_is_retried_then_ends_in_a_message(machine):
+    out = machine.run("IMAGE_URL=http://127.0.0.1:9/image.data.gz FETCH_TRIES=2; sleep() { :; }; fetch_image; echo FETCHED")
+    assert "try 1 of 2" in out.stdout and "try 2 of 2" in out.stdout
+    assert "could not fetch http://127.0.0.1:9/image.data.gz in 2 tries" in out.stdout and "FETCHED" not in out.stdout
+
+
 def test_asking_takes_a_listed_disk_after_yes(machine):
     machine.disk("vda", 8, model="Samsung SSD")
     out = machine.run("INSTALL=ask; choose_target_asking; echo TARGET=$TARGET_DISK", answers="vda\nyes\n")
@@ -113,8 +144,8 @@ def test_the_list_shows_size_model_and_state(machine):
     machine.disk("vda", 8, model="QEMU HARDDISK")
     machine.disk("vdb", 16, data_at=(0,))
     out = machine.run("MEDIUM_DISK=; list_disks")
-    assert "/dev/vda  8 MiB  QEMU HARDDISK  (empty)" in out.stdout
-    assert "/dev/vdb  16 MiB  QEMU HARDDISK  (has data)" in out.stdout
+    assert "/dev/vda  8 MiB  QEMU HARDDISK  serial ?  (empty)" in out.stdout
+    assert "/dev/vdb  16 MiB  QEMU HARDDISK  serial ?  (has data)" in out.stdout
 
 
 @pytest.mark.needs("shellcheck")
