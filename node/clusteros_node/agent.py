@@ -182,6 +182,7 @@ class Agent:
             raise
         self.last_accepted = time.monotonic()
         if changed:
+            self.pending.drop(a.wg_pubkey)   # approved on another member: no longer asking
             log(f"member {a.name} at {a.lan_ip} (wg {a.wg_ip})")
 
     def _settle_conflict(self, conflict: AddressConflict) -> None:

@@ -55,8 +55,16 @@ def stranger(running, spec):
     yield lifecycle.node_handle(spec, vm, acc.scale(1.0))
     machine.stop(30)
     for node in running:   # a machine gone for good: every member forgets it
-        node.execute("sudo clusteros-node forget node4")
+        node.succeed("sudo clusteros-node forget node4")
+    running.retry(lambda: _forgotten(running, "node4"), 30)
     os.remove(overlay)
+
+
+def _forgotten(running, name: str) -> None:
+    for node in running:
+        status = agent_status(node)
+        assert name not in [m["name"] for m in status["members"]], f"{node.name} still lists {name}"
+        assert name not in [p["name"] for p in status["pending"]], f"{node.name} still shows {name} asking"
 
 
 def test_a_machine_without_the_credential_waits_and_joins_only_once_approved(running, stranger):

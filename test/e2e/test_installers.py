@@ -118,11 +118,20 @@ def empty_disk(path: Path, size: str = "6G") -> Path:
     return path
 
 
-def qemu_base(machine: Machine, disk: Path, firmware: str) -> list[str]:
+# The PC hardware each install runs on: its target disk's controller (the installer must find
+# it, and the installed system boot from it) and its NIC (the installed system's uplink).
+HARDWARE = {
+    "iso": {"disk": "ide-hd,bus=ide.0", "root": "/dev/sda", "nic": "e1000e"},      # SATA (AHCI)
+    "usb": {"disk": "nvme,serial=CLUSTEROS0001", "root": "/dev/nvme0n1", "nic": "e1000e"},
+    "pxe": {"disk": "virtio-blk-pci", "root": "/dev/vda", "nic": "virtio-net-pci"},
+}
+
+
+def qemu_base(machine: Machine, disk: Path, firmware: str, controller: str = "virtio-blk-pci") -> list[str]:
     argv = ["qemu-system-x86_64", "-name", f"{machine.name},process=clusteros-test-{machine.name}",
             "-machine", "q35", *ACCEL.qemu_args, "-m", "1024", "-smp", "1",
             "-drive", f"file={disk},if=none,id=target,format=qcow2,discard=unmap",
-            "-device", "virtio-blk-pci,drive=target,bootindex=0",
+            "-device", f"{controller},drive=target,bootindex=0",
             "-display", "none", "-monitor", "none"]
     if firmware == "uefi":
         (machine.directory / "OVMF_VARS.fd").unlink(missing_ok=True)
@@ -138,20 +147,22 @@ def start_install(medium: str, built: dict, number: int) -> Install:
     owner = ports.port_owner(port)
     assert owner is None, f"port {port} is taken by {owner}"
     forward = f"hostfwd=tcp:127.0.0.1:{port}-:22"
+    hardware = HARDWARE[medium]
+    base = qemu_base(machine, disk, FIRMWARE[medium], hardware["disk"])
     if medium == "iso":
-        argv = qemu_base(machine, disk, "bios") + [
+        argv = base + [
             "-cdrom", str(built["iso"]),    # in place of q35's empty default CD drive
-            "-netdev", f"user,id=net,{forward}", "-device", "virtio-net-pci,netdev=net", *built["credential"]]
+            "-netdev", f"user,id=net,{forward}", "-device", f"{hardware['nic']},netdev=net", *built["credential"]]
     elif medium == "usb":
-        argv = qemu_base(machine, disk, "uefi") + [
+        argv = base + [
             "-device", "qemu-xhci",
             "-drive", f"file={built['usb']},if=none,id=stick,format=raw,readonly=on",
             "-device", "usb-storage,drive=stick,bootindex=1",
-            "-netdev", f"user,id=net,{forward}", "-device", "virtio-net-pci,netdev=net"]
+            "-netdev", f"user,id=net,{forward}", "-device", f"{hardware['nic']},netdev=net"]
     else:
-        argv = qemu_base(machine, disk, "bios") + [
+        argv = base + [
             "-netdev", f"user,id=net,{forward},tftp={built['pxe']},bootfile=boot.ipxe",
-            "-device", "virtio-net-pci,netdev=net,bootindex=1", *built["credential"]]
+            "-device", f"{hardware['nic']},netdev=net,bootindex=1", *built["credential"]]
     machine.launch(argv)
     return Install(medium, handle(machine, built["spec"], port), disk)
 
@@ -287,9 +298,12 @@ def sh(installs, installers, medium: str, command: str) -> str:
 
 @pytest.mark.parametrize("medium", ["iso", "usb", "pxe"])
 def test_installer_writes_the_disk_and_the_machine_boots_from_it(installed, installs, medium):
-    assert installed[medium].startswith("/dev/vda"), f"{medium}: root is {installed[medium]}, not on the installed disk"
+    disk = HARDWARE[medium]["root"]
+    assert installed[medium].startswith(disk), f"{medium}: root is {installed[medium]}, not on the installed disk"
     text = installs[medium].node.machine.console_text()
-    assert "/dev/vda  6144 MiB" in text and "(empty)" in text, "the installer listed the disks it saw"
+    assert f"{disk}  6144 MiB" in text and "(empty)" in text, "the installer listed the disks it saw"
+    if medium == "usb":
+        assert "serial CLUSTEROS0001" in text, "the list names each disk's serial"
 
 
 # The smoke checks of a booted node, on the machines the installers made: the image's

@@ -406,6 +406,14 @@ def test_approval_binds_the_candidate_and_its_credential_is_served_once(agent, s
     assert agent.outbox == [], "a served approval is no longer offered"
 
 
+def test_a_machine_another_member_approved_no_longer_shows_as_asking(agent):
+    req = {"cluster": "democluster", "name": "node3", "lan_ip": "10.42.0.13", "wg_pubkey": wg_key(3), "wg_port": 51820}
+    agent.receive(messages.encode_unsigned(messages.ENROLL, req), "10.42.0.13")
+    assert [p["name"] for p in agent.status()["pending"]] == ["node3"]
+    agent.receive(signed(payload("node3", 3)), "10.42.0.13")    # its first announcement, once approved elsewhere
+    assert "node3" in agent.registry.members and agent.status()["pending"] == []
+
+
 # -- what the agent writes ------------------------------------------------------------
 
 def test_slurm_conf_lists_every_known_node_with_its_resources():
@@ -518,6 +526,16 @@ def test_members_follow_the_controllers_clock():
     # Only the controller is a local reference: chrony ignores a source at its own local stratum.
     assert "local stratum" in timesync.role_conf("controller")
     assert "local" not in timesync.role_conf("worker").split("\n", 1)[1]
+
+
+def test_the_image_steps_a_wrong_clock_whenever_it_happens():
+    """chrony takes the last makestep it reads: conf.d comes first, so the main file must have none."""
+    overlay = ROOT / "images" / "common" / "overlay" / "etc" / "chrony"
+    directives = lambda path: [line.split() for line in path.read_text().splitlines()   # noqa: E731
+                               if line.strip() and not line.startswith("#")]
+    main = directives(overlay / "chrony.conf")
+    assert ["confdir", "/etc/chrony/conf.d"] in main and not [d for d in main if d[0] == "makestep"]
+    assert ["makestep", "1", "-1"] in directives(overlay / "conf.d" / "clusteros.conf")
 
 
 def test_the_k3s_token_never_reaches_a_command_line():
