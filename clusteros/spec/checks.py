@@ -102,6 +102,14 @@ def wifi_key_has_one_source(spec: dict, base_dir: Path) -> Iterable[Problem]:
         yield from missing_file("network.wifi.psk_file", wifi["psk_file"], base_dir)
 
 
+@check
+def wifi_is_not_built_yet(spec: dict, base_dir: Path) -> Iterable[Problem]:
+    """Refused rather than ignored: an image without a supplicant would leave a WiFi-only node out."""
+    if spec["network"].get("wifi") is not None:
+        yield Problem("network.wifi", "WiFi is not built in this version: the image has no supplicant, so a node "
+                      "with only WiFi would never join", "give the nodes a wired cluster LAN and leave network.wifi out")
+
+
 # --------------------------------------------------------------------------
 # nodes
 
