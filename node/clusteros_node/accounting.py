@@ -2,6 +2,9 @@
 
 slurmctld, wherever the controller is, sends job records to slurmdbd over wg0
 (AccountingStorageHost in slurm.conf), and slurmdbd authenticates it by munge. The
+controller names slurmdbd in slurm.conf only once it has answered: slurmctld 22.05 with a
+database it never reached and no saved state exits ("we have no TRES from it"), as on a
+first boot whose storage node is not up yet. The
 database account's password is made on the storage node the first time and never leaves
 it: it lives in slurmdbd.conf (0600, slurm's, as slurmdbd demands) and is handed to
 MariaDB on stdin, never on a command line.
@@ -12,11 +15,13 @@ from __future__ import annotations
 import pwd
 import re
 import secrets
+import socket
 from pathlib import Path
 
 from clusteros_node import system
 
 DBD_CONF = Path("/etc/slurm/slurmdbd.conf")
+DBD_PORT = 6819
 DATABASE = "slurm_acct_db"
 
 
@@ -25,7 +30,7 @@ def render_dbd_conf(password: str) -> str:
         "# Written by the ClusterOS node-agent. Do not edit: it is rewritten.",
         "AuthType=auth/munge",
         "DbdHost=localhost",
-        "DbdPort=6819",
+        f"DbdPort={DBD_PORT}",
         "SlurmUser=slurm",
         "PidFile=/run/slurmdbd.pid",
         "StorageType=accounting_storage/mysql",
@@ -57,11 +62,25 @@ def _read(path: Path) -> str:
 
 
 class Accounting:
-    """Keeps MariaDB and slurmdbd running on the storage node; sets the database up once per start."""
+    """Keeps MariaDB and slurmdbd running on the storage node; sets the database up once per start.
+    On the controller, says whether slurmdbd has answered yet."""
 
-    def __init__(self):
+    def __init__(self, connect=socket.create_connection):
         self.granted = False
         self.units: dict[str, str] = {}
+        self.connect = connect
+        self.answered = False
+
+    def reachable(self, host: str) -> bool:
+        """Has slurmdbd on `host` ever taken a connection? Once it has, it stays so: slurmctld keeps
+        its accounting through an outage (it queues the records), rather than restart twice."""
+        if not self.answered:
+            try:
+                self.connect((host, DBD_PORT), timeout=1).close()
+                self.answered = True
+            except OSError:
+                pass
+        return self.answered
 
     def ensure(self) -> None:
         self.units = system.unit_states("mariadb.service", "slurmdbd.service")

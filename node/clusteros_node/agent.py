@@ -279,6 +279,8 @@ class Agent:
             nodes = {name: {"wg_ip": b.wg_ip, "cpus": b.cpus, "memory_mb": b.memory_mb}
                      for name, b in self.registry.bindings.items()}
             dbd = self._storage_wg_ip() if slurm_spec["accounting"] else None
+            if dbd is not None and not self.accounting.reachable(dbd):
+                dbd = None   # slurmctld with a database it never reached, and no saved state, exits
             self.slurm.as_controller(slurm.render_conf(self.cluster, self.me.name, controller_ip, nodes,
                                                        slurm_spec["partitions"], accounting_host=dbd))
         else:

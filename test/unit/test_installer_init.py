@@ -114,6 +114,15 @@ def test_an_empty_explicit_target_needs_no_serial_and_an_unreadable_disk_is_not_
     assert "not-empty" in out.stdout and "TARGET=" not in out.stdout
 
 
+def test_a_fetch_gets_the_image_over_http(machine, tmp_path):
+    from test.local_http import serve_directory
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "image.data.gz").write_bytes(b"image bytes")
+    with serve_directory(tmp_path / "www") as url:
+        out = machine.run(f"IMAGE_URL={url.rstrip('/')}/image.data.gz; fetch_image; cat $IMAGE_FILE; echo; echo FETCHED")
+    assert "image bytes\nFETCHED" in out.stdout, out.stdout + out.stderr
+
+
 def test_a_fetch_that_fails_is_retried_then_ends_in_a_message(machine):
     out = machine.run("IMAGE_URL=http://127.0.0.1:9/image.data.gz FETCH_TRIES=2; sleep() { :; }; fetch_image; echo FETCHED")
     assert "try 1 of 2" in out.stdout and "try 2 of 2" in out.stdout

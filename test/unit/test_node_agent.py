@@ -480,6 +480,20 @@ def test_new_nodes_restart_slurmctld_and_then_every_slurmd_is_told(monkeypatch, 
     assert calls == [("scontrol", "reconfigure")], "a new partition needs no restart"
 
 
+def test_slurmdbd_is_named_only_once_it_answered_and_then_for_good():
+    answers = []
+
+    def connect(address, timeout):
+        if not answers.pop(0):
+            raise ConnectionRefusedError
+        return __import__("io").BytesIO()
+    dbd = accounting.Accounting(connect=connect)
+    answers += [False, True]
+    assert not dbd.reachable("10.99.0.1"), "not up yet: slurm.conf says accounting_storage/none"
+    assert dbd.reachable("10.99.0.1") and dbd.reachable("10.99.0.1"), "asked once, then remembered"
+    assert answers == []
+
+
 def test_the_shared_home_is_exported_to_the_mesh_only_and_mounted_hard_on_first_use():
     assert home.exports("10.99.0.0/24").splitlines()[-1] == "/home 10.99.0.0/24(rw,sync,no_subtree_check,root_squash)"
     mount = configparser.ConfigParser()
