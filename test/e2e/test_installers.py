@@ -178,15 +178,18 @@ def installs(installers):
 
 def wait_installed_and_up(install: Install) -> str:
     """Wait for the installer's success line, then for SSH on the installed system; return its root device."""
-    node = install.node
+    wait_for_installer(install.node, "installed and verified", install.medium)
+    return install.node.wait_until_succeeds("findmnt --noheadings --output SOURCE /", timeout=150).strip()
 
-    def installed() -> None:
+
+def wait_for_installer(node, success: str, what: str) -> None:
+    """Until the console shows `success`; an installer error or a QEMU that exited fails at once."""
+    def done() -> None:
         text = node.machine.console_text()
         if "clusteros-installer: ERROR" in text or not node.machine.is_alive():
-            pytest.fail(f"{install.medium}: the installer failed or QEMU exited:\n{text[-3000:]}")
-        assert "installed and verified" in text, f"{install.medium}: not installed yet"
-    node.retry(installed, INSTALL_TIMEOUT, every=10)
-    return node.wait_until_succeeds("findmnt --noheadings --output SOURCE /", timeout=150).strip()
+            pytest.fail(f"{what}: the installer failed or QEMU exited:\n{text[-3000:]}")
+        assert success in text, f"{what}: not there yet"
+    node.retry(done, INSTALL_TIMEOUT, every=5)
 
 
 def direct_boot(name: str, pxe: Path, iso: Path, disks: list[Path], cmdline: str) -> Machine:
@@ -277,7 +280,7 @@ def test_pxe_node_runs_from_ram_and_touches_no_disk(installers, http_server):
         *installers["credential"]])
     with machine:
         node = handle(machine, installers["spec"], port)
-        node.wait_for_console_text("running democluster from RAM", timeout=INSTALL_TIMEOUT)
+        wait_for_installer(node, "running democluster from RAM", "ram")
         root = node.wait_until_succeeds("findmnt --noheadings --output SOURCE /", timeout=150)
         assert root.strip().startswith("/dev/ram0"), root
     assert untouched(disk)
