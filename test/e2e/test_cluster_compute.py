@@ -88,7 +88,7 @@ def test_the_storage_node_reboots_under_jobs_and_the_queue_and_the_home_come_bac
     the controller: its reboot is the controller's reboot, too (README, "Jobs and a controller
     that goes")."""
     node1, node2, node3 = running["node1"], running["node2"], running["node3"]
-    long = node2.succeed('cd /tmp && sbatch --parsable -w node3 -o /dev/null --wrap "sleep 150"').strip()
+    long = node2.succeed('cd /tmp && sbatch --parsable -w node3 -o /dev/null --wrap "sleep 100"').strip()
     queued = node2.succeed('cd /tmp && sbatch --parsable -w node3 -o /dev/null --wrap "true"').strip()
     node2.wait_until_succeeds(f"squeue -h -j {long} -o %T | grep -qx RUNNING", timeout=60)
     node1.reboot(timeout=240)
