@@ -202,7 +202,9 @@ class Agent:
 
     def _dropped(self, sender: str, why) -> None:
         self.counts["refused" if isinstance(why, Refused) else "dropped"] += 1
-        if self.noisy.due(sender):
+        # Once a minute per sender and kind of fault (its exception type: a handful, whatever a
+        # sender sends): a flood adds no lines, and a refused packet does not hide a forged one.
+        if self.noisy.due(f"{sender} {type(why).__name__}"):
             log(f"dropped a packet from {sender}: {why}")
 
     # -- keeping the node in shape --------------------------------------------
