@@ -110,7 +110,7 @@ def _source(spec: dict, job: PackerJob) -> dict:
         "vnc_bind_address": "127.0.0.1",
         "vnc_use_password": True,     # 127.0.0.1 is open to every user of the host: a password shuts them out
         "ssh_username": spec["image"]["users"][0]["name"],
-        "ssh_private_key_file": str(job.ssh_key),
+        "ssh_private_key_file": str(job.ssh_key.resolve()),   # Packer runs in its own folder
         # An unattended Ubuntu install under TCG takes most of an hour before SSH answers.
         "ssh_timeout": "30m" if native else "120m",
         "shutdown_command": "sudo systemctl poweroff",

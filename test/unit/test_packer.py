@@ -36,6 +36,15 @@ def test_native_base_boots_the_native_disk_with_the_test_key(spec, tmp_path):
     assert "images/common/provision.sh" in hcl
 
 
+def test_a_relative_state_dir_reaches_packer_as_an_absolute_key_path(spec, tmp_path, monkeypatch):
+    """Packer runs in its own folder: the state dir the e2e tests (and a user) may give relatively
+    must reach it resolved."""
+    monkeypatch.chdir(tmp_path)
+    job = packer.PackerJob({"kind": "native", "image": "/dist/x.qcow2", "sha256": "ab" * 32},
+                           tmp_path, Path("state/lab/id_ed25519"), "tcg", (1, 6, 6))
+    assert f'ssh_private_key_file = "{tmp_path / "state/lab/id_ed25519"}"' in packer.render(spec, job)
+
+
 def test_packer_1_6_gets_no_required_plugins_and_1_7_does(spec, tmp_path):
     assert "required_plugins" not in native(spec, (1, 6, 6), tmp_path)
     newer = native(spec, (1, 9, 4), tmp_path)
