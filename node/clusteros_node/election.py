@@ -10,7 +10,7 @@ it has been silent for a grace period:
 2. When no live member follows a live controller (it went silent, or the cluster is
    new), the old controller keeps the role until it has been silent for `grace`.
 3. Then the first live node the spec marks `role: controller` leads, or, when the spec
-   marks none, the lowest-named live node. When the spec marks nodes, the role never
+   marks none, the lowest-named live node (names in counting order: node2 before node10). When the spec marks nodes, the role never
    goes to a node it does not mark.
 4. A node that has never followed anyone (a new cluster) waits up to `forming` seconds
    from its start for the node rule 3 prefers among all the spec lists (machines boot
@@ -22,6 +22,7 @@ Time here is monotonic seconds since the agent started: a wall-clock step moves 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -40,6 +41,11 @@ class View:
     up_for: float = float("inf")              # seconds since this node's agent started
 
 
+def name_order(name: str) -> tuple:
+    """Names in the order a person counts them: node2 before node10."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part)
+
+
 def choose(view: View, grace: float = GRACE, forming: float = FORMING) -> str | None:
     """The controller this node should follow (None: not yet)."""
     followed = _most_followed(view)
@@ -49,7 +55,7 @@ def choose(view: View, grace: float = GRACE, forming: float = FORMING) -> str | 
         if not view.marked or view.current in view.marked:
             return view.current
     if view.current is None and view.up_for < forming:
-        preferred = view.marked[0] if view.marked else min(view.listed, default=None)
+        preferred = view.marked[0] if view.marked else min(view.listed, key=name_order, default=None)
         if preferred is not None and preferred not in view.live:
             return None
     return _first_choice(view)
@@ -62,11 +68,11 @@ def _most_followed(view: View) -> str | None:
     if not votes:
         return None
     most = max(votes.values())
-    return min(leader for leader, count in votes.items() if count == most)
+    return min((leader for leader, count in votes.items() if count == most), key=name_order)
 
 
 def _first_choice(view: View) -> str | None:
     if view.marked:
         live = [name for name in view.marked if name in view.live]
         return live[0] if live else (view.current if view.current in view.marked else view.marked[0])
-    return min(view.live) if view.live else None
+    return min(view.live, key=name_order) if view.live else None

@@ -102,7 +102,8 @@ def test_provision_turns_a_stock_system_into_a_node(image, spec, tmp_path):
     agent = tree / AGENT_DIR / "node-agent"
     assert (agent / "__main__.py").exists() and (tree / "usr/local/bin/k3s").exists()
     assert list((agent / "clusteros_node" / "__pycache__").glob("agent.*.pyc")), "the agent was compiled on the target"
-    assert oct((tree / "etc/clusteros/cluster.secret").stat().st_mode & 0o777) == "0o600"
+    assert (tree / "etc/clusteros/owner.pub").read_text().startswith("ssh-ed25519 "), "the owner's public key"
+    assert not (tree / "etc/clusteros/cluster.secret").exists(), "and no secret: nodes get the credential"
     assert json.loads((tree / "etc/clusteros/spec.json").read_text())["cluster"]["name"] == "democluster"
     wants = tree / "etc/systemd/system/multi-user.target.wants"
     for unit in ("node-agent.service", "clusteros-identity.service", "ssh.service"):

@@ -72,6 +72,8 @@ def project(tmp_path, monkeypatch):
                 out.parent.mkdir(parents=True, exist_ok=True)
                 (out.parent / "initrd.img").write_text("initrd")
             out.write_text(f"{name} {time.time_ns()}")
+            if name == "usb":
+                kwargs["usb_sha"].write_text(f"{'0' * 64}  x-usb.img  1\n")
         return build
 
     monkeypatch.setattr(payload, "build_payload", fake_payload)

@@ -182,6 +182,7 @@ def view(live, follows=None, current=None, silent=None, marked=(), listed=(), up
 
 def test_a_new_cluster_takes_the_lowest_name():
     assert election.choose(view(["node2", "node1", "node3"])) == "node1"
+    assert election.choose(view(["node10", "node2", "node11"])) == "node2", "counted, not sorted as text"
 
 
 def test_a_new_node_waits_a_while_for_the_preferred_controller_then_leads_without_it():
