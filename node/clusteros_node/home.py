@@ -39,6 +39,10 @@ Where=/home
 Type=nfs4
 Options={MOUNT_OPTIONS}
 TimeoutSec=90
+# At shutdown the server may be gone first (the whole cluster powering off): a hard mount
+# would hold the node for the stop timeout. Forced and lazy, the unmount does not wait.
+ForceUnmount=yes
+LazyUnmount=yes
 """
 
 

@@ -500,7 +500,8 @@ def test_the_shared_home_is_exported_to_the_mesh_only_and_mounted_hard_on_first_
     mount = configparser.ConfigParser()
     mount.read_string(home.mount_unit("10.99.0.1"))
     assert dict(mount["Mount"]) == {"what": "10.99.0.1:/home", "where": "/home", "type": "nfs4",
-                                         "options": home.MOUNT_OPTIONS, "timeoutsec": "90"}
+                                         "options": home.MOUNT_OPTIONS, "timeoutsec": "90", "forceunmount": "yes",
+                                         "lazyunmount": "yes"}
     assert "hard" in home.MOUNT_OPTIONS.split(",") and "soft" not in home.MOUNT_OPTIONS
     automount = configparser.ConfigParser()
     automount.read_string(home.automount_unit())
