@@ -85,6 +85,12 @@ class PackerJob:
         return self.base["kind"]
 
     @property
+    def ssh_keys(self) -> Path:
+        """The test key for the first user, handed to the native base as test VMs get theirs
+        (a systemd credential through fw_cfg, kept in RAM): the image itself holds no key."""
+        return self.work / "ssh-keys"
+
+    @property
     def serial_log(self) -> Path:
         # Absolute: Packer runs QEMU in its own working directory.
         return (paths.logs_dir() / "packer-serial.log").resolve()
@@ -159,8 +165,10 @@ def render(spec: dict, job: PackerJob) -> str:
     lines += [f"  {key} = {_hcl_value(value)}" for key, value in _source(spec, job).items()]
     # Packer's own SSH forward listens on every address: this one, in its place, on 127.0.0.1 alone.
     forward = "user,id=user.0,hostfwd=tcp:127.0.0.1:{{ .SSHHostPort }}-:22"
-    lines.append(f'  qemuargs = [["-serial", {hcl_string("file:" + str(job.serial_log))}], '
-                 f'["-netdev", {hcl_string(forward)}], ["-device", "virtio-net,netdev=user.0"]]')
+    qemuargs = [["-serial", "file:" + str(job.serial_log)], ["-netdev", forward], ["-device", "virtio-net,netdev=user.0"]]
+    if job.kind == "native":
+        qemuargs.append(["-fw_cfg", f"name=opt/io.systemd.credentials/clusteros-ssh-keys,file={job.ssh_keys.resolve()}"])
+    lines.append("  qemuargs = [" + ", ".join("[" + ", ".join(hcl_string(a) for a in pair) + "]" for pair in qemuargs) + "]")
     if job.kind == "iso":
         lines += ISO_BOOT_COMMAND
     return "\n".join(lines + ["}", ""] + _build_block(spec, job))
@@ -209,6 +217,9 @@ def build(*, spec: dict, base_qcow2: Path, base_manifest: Path, ssh_key: Path, a
     with work_dir("packer-") as work:
         job = PackerJob({"kind": "native", "image": str(base_qcow2.resolve()), "sha256": sha256_file(base_qcow2)},
                         work, ssh_key, accel, version)
+        user, pubkey = spec["image"]["users"][0]["name"], ssh_key.with_suffix(".pub").read_text().strip()
+        with atomic_path(job.ssh_keys, mode=0o600) as tmp:
+            tmp.write_text(f"{user} {pubkey}\n")
         _run(spec, job, "booting the native base")
         record = json.loads(base_manifest.read_text())
         _publish(work / "output" / qcow2.name, qcow2, manifest, lambda tmp: {

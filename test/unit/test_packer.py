@@ -33,6 +33,8 @@ def test_native_base_boots_the_native_disk_with_the_test_key(spec, tmp_path):
     assert 'disk_size = "4096M"' in hcl and 'vnc_bind_address = "127.0.0.1"' in hcl
     assert "vnc_use_password = true" in hcl, "no other user of the host may watch the build"
     assert "hostfwd=tcp:127.0.0.1:{{ .SSHHostPort }}-:22" in hcl, "Packer's SSH forward on 127.0.0.1 alone"
+    # The base image holds no key: Packer's VM gets the test key as test VMs do, in RAM.
+    assert f'"-fw_cfg", "name=opt/io.systemd.credentials/clusteros-ssh-keys,file={tmp_path / "ssh-keys"}"' in hcl
     assert "images/common/provision.sh" in hcl
 
 
