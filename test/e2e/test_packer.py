@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from clusteros import accel, secrets
+from clusteros import credentials, accel, secrets
 from clusteros.spec import load_spec
 from clusteros.vm import qemu
 from clusteros.vm.layout import VMNode
@@ -67,7 +67,12 @@ def test_packer_image_boots_and_passes_the_smoke_checks(packer_image):
                     str(work / "dist" / "democluster.qcow2"), str(overlay)], check=True)
     try:
         with machine:
-            machine.launch(qemu.node_argv(vm, machine.directory, overlay, acc, qemu.Boot("bios"), lan.sock))
+            # The image holds no key: the test key comes as a test VM's does, through fw_cfg.
+            keys = machine.directory / "ssh-keys"
+            keys.write_text(credentials.ssh_keys_text(spec))
+            keys.chmod(0o600)
+            machine.launch(qemu.node_argv(vm, machine.directory, overlay, acc, qemu.Boot("bios"), lan.sock)
+                           + qemu.fw_cfg_args({"clusteros-ssh-keys": keys}))
             node = Node(vm.name, machine, SSHTarget(vm.ssh_port, "admin", secrets.test_key_path(spec)), acc.scale(1))
             node.wait_for_ssh(timeout=150)
             assert node.succeed("ps -p 1 -o comm=").strip() == "systemd"
