@@ -108,7 +108,8 @@ def test_k3s_runs_in_each_role_and_the_agents_join_the_server_over_wg0(running):
 
 def test_a_forged_announcement_is_not_a_member(running):
     """Signed with a key that is not the cluster's: dropped by every member, and said in its journal."""
-    generation = agent_status(running["node1"])["credential"]["generation"]   # rotated by earlier runs, maybe
+    status = running.retry(lambda: agent_status(running["node1"]), 60)
+    generation = status["credential"]["generation"]   # rotated by earlier runs, maybe
     forged = payload_for("intruder", 9, "10.42.0.13", "10.99.0.9", generation=generation)
     send(running["node3"], f"messages.encode_announcement({forged!r}, {generation}, b'wrong key' * 4)")
     time.sleep(5)
