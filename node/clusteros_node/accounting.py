@@ -54,13 +54,6 @@ def grant_sql(password: str) -> str:
             f"GRANT ALL ON {DATABASE}.* TO 'slurm'@'localhost';\n")
 
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
-
-
 class Accounting:
     """Keeps MariaDB and slurmdbd running on the storage node; sets the database up once per start.
     On the controller, says whether slurmdbd has answered yet."""
@@ -87,7 +80,7 @@ class Accounting:
         if self.units["mariadb.service"] != "active":
             system.run("systemctl", "start", "mariadb.service", timeout=180)
         if not self.granted:
-            password = password_in(_read(DBD_CONF)) or secrets.token_hex(16)
+            password = password_in(system.read_text(DBD_CONF)) or secrets.token_hex(16)
             system.run("mariadb", "--batch", stdin=grant_sql(password))
             slurm = pwd.getpwnam("slurm")
             system.write_if_changed(DBD_CONF, render_dbd_conf(password).encode(), mode=0o600,

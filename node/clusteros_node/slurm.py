@@ -103,13 +103,6 @@ def ensure_munge(secret: bytes) -> None:
         system.run("systemctl", "start", "munge.service")
 
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
-
-
 def _needs_restart(before: str, after: str) -> bool:
     """Nodes and the accounting host are read at start only (a reconfigure cannot change them)."""
     def at_start(conf: str) -> list[str]:
@@ -128,7 +121,7 @@ class Slurm:
     def as_controller(self, conf: str) -> None:
         if self.role != "controller":
             SLURMD_DEFAULTS.write_text('SLURMD_OPTIONS=""\n')
-        before = _read(SLURM_CONF)
+        before = system.read_text(SLURM_CONF)
         system.write_if_changed(CGROUP_CONF, render_cgroup_conf().encode())
         system.write_if_changed(SLURM_CONF, conf.encode())
         self._run_slurmctld(before, conf)

@@ -22,6 +22,14 @@ def run(*argv: str, check: bool = True, timeout: float = 60, stdin: str | None =
     return out.stdout
 
 
+def read_text(path: Path) -> str:
+    """A file's text, or "" when it is not there (yet)."""
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
 def write_if_changed(path: Path, data: bytes, mode: int = 0o644, owner: tuple[int, int] | None = None) -> bool:
     """Atomically replace `path` with `data` if it differs. True if it changed."""
     try:
