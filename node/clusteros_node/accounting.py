@@ -15,7 +15,9 @@ from __future__ import annotations
 import pwd
 import re
 import secrets
+import select
 import socket
+import time
 from pathlib import Path
 
 from clusteros_node import system
@@ -54,26 +56,58 @@ def grant_sql(password: str) -> str:
             f"GRANT ALL ON {DATABASE}.* TO 'slurm'@'localhost';\n")
 
 
+class ConnectProbe:
+    """Has a TCP port on a host ever taken a connection? Asked without waiting: a connect is started
+    on one call and looked at on the next, so the agent's tick never blocks on a host whose packets
+    are dropped (a storage node that is down). Once answered, it stays answered."""
+
+    def __init__(self, port: int, patience: float = 5.0, clock=time.monotonic):
+        self.port, self.patience, self.clock = port, patience, clock
+        self.answered = False
+        self.sock: socket.socket | None = None
+        self.host: str | None = None
+        self.started = 0.0
+
+    def answered_by(self, host: str) -> bool:
+        if self.answered:
+            return True
+        if self.sock is not None and self.host == host:
+            _, writable, _ = select.select([], [self.sock], [], 0)
+            if writable:   # connected, or refused: SO_ERROR says which
+                self.answered = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+                self._close()
+            elif self.clock() - self.started > self.patience:
+                self._close()   # no answer at all: start again next time
+            return self.answered
+        self._close()
+        self._start(host)
+        return False
+
+    def _start(self, host: str) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setblocking(False)
+        self.host, self.started = host, self.clock()
+        self.sock.connect_ex((host, self.port))   # EINPROGRESS, or an error SO_ERROR reports next call
+
+    def _close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
 class Accounting:
     """Keeps MariaDB and slurmdbd running on the storage node; sets the database up once per start.
     On the controller, says whether slurmdbd has answered yet."""
 
-    def __init__(self, connect=socket.create_connection):
+    def __init__(self, probe: ConnectProbe | None = None):
         self.granted = False
         self.units: dict[str, str] = {}
-        self.connect = connect
-        self.answered = False
+        self.probe = probe or ConnectProbe(DBD_PORT)
 
     def reachable(self, host: str) -> bool:
         """Has slurmdbd on `host` ever taken a connection? Once it has, it stays so: slurmctld keeps
         its accounting through an outage (it queues the records), rather than restart twice."""
-        if not self.answered:
-            try:
-                self.connect((host, DBD_PORT), timeout=1).close()
-                self.answered = True
-            except OSError:
-                pass
-        return self.answered
+        return self.probe.answered_by(host)
 
     def ensure(self) -> None:
         self.units = system.unit_states("mariadb.service", "slurmdbd.service")

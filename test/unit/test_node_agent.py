@@ -6,7 +6,9 @@ import base64
 import configparser
 import json
 import os
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -482,17 +484,45 @@ def test_new_nodes_restart_slurmctld_and_then_every_slurmd_is_told(monkeypatch, 
 
 
 def test_slurmdbd_is_named_only_once_it_answered_and_then_for_good():
-    answers = []
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        port = server.getsockname()[1]
+        dbd = accounting.Accounting(accounting.ConnectProbe(port))
+        asked = [dbd.reachable("127.0.0.1") for _ in range(3)]   # nothing listens: refused
+        assert asked == [False] * 3, "not up yet: slurm.conf says accounting_storage/none"
+        server.listen()
+        assert node_retry(lambda: dbd.reachable("127.0.0.1")), "answered on a later tick"
+    assert dbd.reachable("127.0.0.1"), "and remembered once the listener is gone"
 
-    def connect(address, timeout):
-        if not answers.pop(0):
-            raise ConnectionRefusedError
-        return __import__("io").BytesIO()
-    dbd = accounting.Accounting(connect=connect)
-    answers += [False, True]
-    assert not dbd.reachable("10.99.0.1"), "not up yet: slurm.conf says accounting_storage/none"
-    assert dbd.reachable("10.99.0.1") and dbd.reachable("10.99.0.1"), "asked once, then remembered"
-    assert answers == []
+
+def test_a_probe_of_a_silent_host_never_holds_the_tick_and_starts_again_after_its_patience():
+    # A silent host on loopback: a listener whose one-place queue is full drops further SYNs.
+    with socket.socket() as server, socket.socket() as first_in:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        first_in.connect(("127.0.0.1", port))
+        now = [0.0]
+        probe = accounting.ConnectProbe(port, patience=5.0, clock=lambda: now[0])
+        started = time.monotonic()
+        assert not probe.answered_by("127.0.0.1")
+        pending = probe.sock
+        time.sleep(0.2)
+        assert not probe.answered_by("127.0.0.1") and probe.sock is pending, "still waiting: the same connect"
+        now[0] = 6.0
+        assert not probe.answered_by("127.0.0.1") and probe.sock is None, "gave up on it"
+        assert not probe.answered_by("127.0.0.1") and probe.sock is not None, "and tries again"
+        probe._close()
+        assert time.monotonic() - started < 0.5, "no call waited for the network"
+
+
+def node_retry(check, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def test_the_shared_home_is_exported_to_the_mesh_only_and_mounted_hard_on_first_use():
