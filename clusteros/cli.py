@@ -1,5 +1,5 @@
-"""The `clusteros` command: validate, doctor, the test cluster's shell, the owner's approve, rotate
-and owner-stick, and flash (a stick, written and read back)."""
+"""The `clusteros` command: validate, doctor, the test cluster's shell, the owner's approve, rotate,
+serve-pxe and owner-stick, and flash (a stick, written and read back)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,16 @@ def cmd_approve(args) -> int:
 def cmd_rotate(args) -> int:
     from clusteros import owner
     return owner.rotate(load_spec(args.spec), args.via)
+
+
+def cmd_serve_pxe(args) -> int:
+    from clusteros import owner, paths
+    spec = load_spec(args.spec)
+    if args.stop:
+        return owner.stop_pxe(spec, args.via)
+    options = ["--boot", args.boot, "--dhcp", args.dhcp] + (["--range", args.range] if args.range else []) \
+        + (["--interface", args.interface] if args.interface else [])
+    return owner.serve_pxe(spec, args.via, paths.dist_dir() / "pxe", options)
 
 
 def cmd_owner_stick(args) -> int:
@@ -94,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--via", default="1", help="the member to hand it to: a test node number (default 1) or user@host")
     p.add_argument("--spec")
     p.set_defaults(func=cmd_rotate)
+    p = sub.add_parser("serve-pxe", help="a member netboots the machines of its LAN from dist/pxe (until --stop)")
+    p.add_argument("--via", default="1", help="the member that serves: a test node number (default 1) or user@host")
+    p.add_argument("--boot", choices=("install", "ask", "ram"), default="install",
+                   help="what a netbooted machine does unless its menu is used (default: install)")
+    p.add_argument("--dhcp", choices=("auto", "proxy", "range"), default="auto",
+                   help="proxy: the LAN has a DHCP server; range: lease addresses too; auto: ask the LAN (default)")
+    p.add_argument("--range", help="FIRST,LAST addresses to lease in range mode (default: 64 above the nodes')")
+    p.add_argument("--interface", help="the member's LAN interface (default: its cluster LAN)")
+    p.add_argument("--stop", action="store_true", help="stop serving")
+    p.add_argument("--spec")
+    p.set_defaults(func=cmd_serve_pxe)
     p = sub.add_parser("owner-stick", help="a stick image with your credential after the installer (0600)")
     p.add_argument("output", help="the image file to write (then write it to a stick)")
     p.add_argument("--spec")

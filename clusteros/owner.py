@@ -5,7 +5,9 @@ Both go through one member, over SSH, and the member's agent does the rest:
   the credential over wg0 (clusteros_node.enroll);
 - `clusteros rotate`: a new secret and the next generation, signed here with the owner's
   key; that member takes it and hands it on to every live member. A member that was off
-  then asks to join again, and is approved like a new machine.
+  then asks to join again, and is approved like a new machine;
+- `clusteros serve-pxe`: the PXE set (`doit pxe`, no secret in it) goes to that member, which
+  then netboots the machines of its LAN (clusteros_node.pxeserve) until `--stop`.
 
 `--via` names the member: a node number of the test cluster (default 1), or user@host for
 a real one (plain `ssh`, with your own keys and config).
@@ -15,9 +17,13 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
 
 from clusteros import credentials
-from clusteros.errors import UsageError
+from clusteros.errors import ClusterOSError, UsageError
 
 
 def _ssh_argv(spec: dict, via: str, command: str) -> list[str]:
@@ -38,6 +44,49 @@ def on_member(spec: dict, via: str, command: str, stdin: bytes | None = None) ->
     return subprocess.run(_ssh_argv(spec, via, command), input=stdin, timeout=300).returncode
 
 
+def _send_tar(spec: dict, via: str, command: str, directory: Path, names: tuple[str, ...]) -> int:
+    """Stream `names` from `directory` as a tar into `command`'s stdin on the member, with progress."""
+    total = sum((directory / name).stat().st_size for name in names)
+    with subprocess.Popen(_ssh_argv(spec, via, command), stdin=subprocess.PIPE) as ssh:
+        sent = Progress(total)
+        with tarfile.open(fileobj=ssh.stdin, mode="w|") as tar:
+            for name in names:
+                info = tar.gettarinfo(directory / name, arcname=name)
+                with open(directory / name, "rb") as source:
+                    tar.addfile(info, sent.counting(source))
+        ssh.stdin.close()
+        sent.done()
+        return ssh.wait(timeout=300)
+
+
+class Progress:
+    """One line on stderr: bytes sent of the whole, and the rate."""
+
+    def __init__(self, total: int):
+        self.total, self.sent, self.started, self.shown = total, 0, time.monotonic(), 0.0
+
+    def counting(self, source):
+        progress = self
+
+        class Counting:
+            def read(self, size=-1):
+                data = source.read(size)
+                progress.add(len(data))
+                return data
+        return Counting()
+
+    def add(self, count: int) -> None:
+        self.sent += count
+        if time.monotonic() - self.shown >= 1 or self.sent == self.total:
+            self.shown = time.monotonic()
+            rate = self.sent / max(0.001, self.shown - self.started) / 2**20
+            print(f"\rclusteros: PXE set: {self.sent / 2**20:.0f} of {self.total / 2**20:.0f} MiB sent "
+                  f"({rate:.1f} MiB/s)", end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        print(file=sys.stderr)
+
+
 def approve(spec: dict, fingerprint: str, via: str = "1") -> int:
     return on_member(spec, via, f"sudo clusteros-node approve {shlex.quote(fingerprint)}")
 
@@ -46,3 +95,34 @@ def rotate(spec: dict, via: str = "1") -> int:
     number = credentials.rotate(spec)
     print(f"clusteros: credential generation {number} made and signed; handing it to the cluster through {via}")
     return on_member(spec, via, "sudo clusteros-node rotate", stdin=credentials.bundle_path(spec).read_bytes())
+
+
+PXE_UNIT = "clusteros-pxe"
+
+
+def serve_pxe(spec: dict, via: str, pxe_dir: Path, node_options: list[str]) -> int:
+    """Hand the PXE set to member `via` and start it netbooting its LAN (a transient unit: a reboot ends it)."""
+    from clusteros_node.pxeserve import SET_FILES
+    missing = [name for name in SET_FILES if not (pxe_dir / name).is_file()]
+    if missing:
+        raise ClusterOSError(f"{pxe_dir} lacks {', '.join(missing)}", fix="build the PXE set with `doit pxe`")
+    status = _send_tar(spec, via, "sudo clusteros-node receive-pxe", pxe_dir, SET_FILES)
+    if status != 0:
+        return status
+    options = " ".join(shlex.quote(option) for option in node_options)
+    start = (f"sudo systemctl stop {PXE_UNIT} 2>/dev/null; sudo systemctl reset-failed {PXE_UNIT} 2>/dev/null; "
+             f"sudo systemd-run --quiet --unit={PXE_UNIT} --description='ClusterOS: netboot this LAN' "
+             f"clusteros-node serve-pxe {options} && {_AWAIT_SERVING}")
+    return on_member(spec, via, start)
+
+
+# Until the server says it serves (or has stopped): its first lines are the answer to give.
+_AWAIT_SERVING = (f"for i in $(seq 30); do sleep 1; "
+                  f"if sudo journalctl -q -u {PXE_UNIT} -n 20 | grep -q 'serve-pxe: netbooting'; then "
+                  f"sudo journalctl -q -u {PXE_UNIT} -o cat -n 3; exit 0; fi; "
+                  f"systemctl is-active -q {PXE_UNIT} || {{ sudo journalctl -q -u {PXE_UNIT} -o cat -n 20; exit 1; }}; "
+                  f"done; echo 'serve-pxe: not serving after 30 s'; exit 1")
+
+
+def stop_pxe(spec: dict, via: str) -> int:
+    return on_member(spec, via, f"sudo systemctl stop {PXE_UNIT} && echo 'serve-pxe: stopped'")

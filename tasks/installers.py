@@ -94,7 +94,7 @@ def task_flash():
 
 
 def task_pxe():
-    """PXE set dist/pxe/: kernel, initrd, image data, iPXE script, dnsmasq example."""
+    """PXE set dist/pxe/: kernel, initrd, image data, iPXE script and chain-loaders, dnsmasq configuration."""
     pxe_dir = paths.dist_dir() / "pxe"
     task = _installer(spec(), pxe.build_pxe, "clusteros.installer.pxe", [pxe_dir / "boot.ipxe", pxe_dir / "initrd.img"],
                       pxe_dir=pxe_dir)

@@ -1,4 +1,5 @@
-"""The PXE set: kernel, initrd, image data, iPXE script and a dnsmasq example, in one folder."""
+"""The PXE set: kernel, initrd, image data, iPXE script, iPXE chain-loaders and a dnsmasq configuration,
+in one folder. No secret is in it: a machine it boots is a stranger until the owner approves it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from clusteros import runner
 from clusteros.atomic import link_or_copy, replace_dir, work_dir
 from clusteros.installer.initramfs import prepare_boot_files
 from clusteros.installer.payload import load_payload
-from clusteros.installer.settings import dnsmasq_example, installer_config, ipxe_script
+from clusteros.errors import ClusterOSError
+from clusteros.installer.settings import CHAINLOADERS, dnsmasq_example, installer_config, ipxe_script
 
 
 def build_pxe(*, spec: dict, rootfs_tar: Path, manifest: Path, payload: Path, pxe_dir: Path) -> None:
@@ -27,5 +29,15 @@ def build_pxe(*, spec: dict, rootfs_tar: Path, manifest: Path, payload: Path, px
         link_or_copy(data.data_gz, out / "image.data.gz")
         (out / "boot.ipxe").write_text(ipxe_script(name, config))
         (out / "dnsmasq.conf.example").write_text(dnsmasq_example(name))
+        for file, source in CHAINLOADERS.items():
+            _copy_chainloader(Path(source), out / file)
         replace_dir(out, pxe_dir)
-    runner.say("pxe", f"{pxe_dir}/: boot.ipxe, vmlinuz, initrd.img, image.data.gz, dnsmasq.conf.example")
+    runner.say("pxe", f"{pxe_dir}/: boot.ipxe, vmlinuz, initrd.img, image.data.gz, dnsmasq.conf.example, "
+                      f"{', '.join(CHAINLOADERS)}")
+
+
+def _copy_chainloader(source: Path, target: Path) -> None:
+    if not source.is_file():
+        raise ClusterOSError(f"{source} is missing: the PXE set hands it to machines whose firmware is not iPXE",
+                             fix="install Debian's ipxe package (scripts/install-prereqs.sh does)")
+    shutil.copyfile(source, target)

@@ -73,7 +73,7 @@ def ipxe_script(name: str, config: dict[str, str]) -> str:
         "set image-url tftp://${next-server}/image.data.gz",
         f"set install {config['INSTALL']}",
         f"menu ClusterOS {name}",
-        f"item install Install to disk (mode ${{install}}, target {config['TARGET']})",
+        f"item install Default: ${{install}} (auto, ask: install to disk {config['TARGET']}; ram: run from RAM)",
         "item ask Install to disk, asking before erasing",
         "item ram Run from RAM (no disk is touched; needs the image's data size + 512 MiB of memory)",
         "item shell iPXE shell",
@@ -93,16 +93,36 @@ def ipxe_script(name: str, config: dict[str, str]) -> str:
     ]) + "\n"
 
 
+# iPXE for firmware whose own PXE ROM is not iPXE: it is chain-loaded first, then asks again.
+CHAINLOADERS = {"undionly.kpxe": "/usr/lib/ipxe/undionly.kpxe",   # BIOS
+                "snponly.efi": "/usr/lib/ipxe/snponly.efi"}       # UEFI x86-64 (the firmware's own NIC driver)
+
+
 def dnsmasq_example(name: str) -> str:
-    return f"""# dnsmasq: PXE-boot {name} nodes from this directory (a sketch: set your interface and range).
-interface=eth0
-dhcp-range=10.42.0.100,10.42.0.200,12h
+    """A dnsmasq configuration that is complete but for the site: run as it is, with the LAN on the
+    command line. `clusteros-node serve-pxe` runs exactly this file that way."""
+    return f"""# dnsmasq: netboot {name} machines from this directory (made by `doit pxe`).
+#
+# Complete but for your LAN, which goes on dnsmasq's command line. `clusteros-node serve-pxe`
+# runs this file exactly so; to run it yourself, as root, in this directory:
+#   dnsmasq --no-daemon --conf-file=dnsmasq.conf.example --interface=eth0 --tftp-root="$PWD" \
+#           --dhcp-range=10.42.0.75,10.42.0.138,1h     # the LAN has no DHCP server: lease addresses
+#           --dhcp-range=10.42.0.0,proxy               # it has one: add only the boot information
+# Then boot.ipxe is served over TFTP; set image-url in it to an HTTP copy of image.data.gz for speed.
+port=0
+log-dhcp
 enable-tftp
-tftp-root=/srv/clusteros/pxe
-# Plain PXE ROMs chain-load iPXE first; iPXE (it sends user class iPXE) gets the menu.
+dhcp-no-override
+# The firmware's PXE ROM chain-loads iPXE; iPXE (user class "iPXE") gets the menu.
 dhcp-userclass=set:ipxe,iPXE
 dhcp-match=set:efi64,option:client-arch,7
+dhcp-match=set:efi64,option:client-arch,9
 dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe
-dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi
+dhcp-boot=tag:!ipxe,tag:efi64,snponly.efi
 dhcp-boot=tag:ipxe,boot.ipxe
+# With a proxy range (another server leases the addresses), PXE ROMs take their file from these.
+pxe-service=tag:!ipxe,x86PC,"{name}: iPXE",undionly.kpxe
+pxe-service=tag:!ipxe,X86-64_EFI,"{name}: iPXE",snponly.efi
+pxe-service=tag:ipxe,x86PC,"{name}",boot.ipxe
+pxe-service=tag:ipxe,X86-64_EFI,"{name}",boot.ipxe
 """

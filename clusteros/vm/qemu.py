@@ -95,3 +95,18 @@ def node_argv(node: VMNode, machine_dir: Path, disk: Path, acc: Accel, boot: Boo
             "-device", f"virtio-net-pci,netdev=uplink,mac={node.uplink_mac}{rom}",
             "-device", "virtio-rng-pci",
             "-monitor", "none"]
+
+
+def netboot_argv(node: VMNode, machine_dir: Path, disk: Path, acc: Accel, lan_sock: Path, memory: int) -> list[str]:
+    """A machine that netboots from the cluster LAN (SeaBIOS and the NIC's iPXE ROM), with an empty
+    disk it should never touch: a node of the rack that nothing was installed on yet."""
+    return ["qemu-system-x86_64", "-name", f"{node.name},process=clusteros-{node.name}",
+            *machine_args(Boot("bios"), machine_dir), *acc.qemu_args, "-smp", str(node.cpus), "-m", str(memory),
+            "-drive", f"file={disk},if=none,id=disk,format=qcow2",
+            "-device", "virtio-blk-pci,drive=disk,bootindex=2",
+            "-netdev", f"vde,id=lan,sock={lan_sock}",
+            "-device", f"virtio-net-pci,netdev=lan,mac={node.lan_mac},bootindex=1",
+            "-netdev", f"user,id=uplink,hostfwd=tcp:127.0.0.1:{node.ssh_port}-:22",
+            "-device", f"virtio-net-pci,netdev=uplink,mac={node.uplink_mac},romfile=",
+            "-device", "virtio-rng-pci",
+            "-monitor", "none"]

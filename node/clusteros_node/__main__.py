@@ -4,6 +4,8 @@
     clusteros-node approve FINGERPRINT     let the machine asking to join with that key in
     clusteros-node forget NAME             drop a member's binding (a machine gone for good)
     clusteros-node rotate < BUNDLE         take a new credential the owner signed, and hand it on
+    clusteros-node receive-pxe < SET.tar   take a PXE set (`doit pxe`) into /srv/clusteros/pxe
+    clusteros-node serve-pxe [--boot ram]  netboot the machines of this LAN from it (until stopped)
 """
 
 from __future__ import annotations
@@ -32,7 +34,41 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("approve", help="let a machine asking to join in").add_argument("fingerprint")
     sub.add_parser("forget", help="forget a member that is gone for good").add_argument("name")
     sub.add_parser("rotate", help="take a new credential (the owner's, from stdin) and hand it on")
+    _pxe_parsers(sub)
     return p
+
+
+def _pxe_parsers(sub) -> None:
+    from clusteros_node import pxeserve
+    receive = sub.add_parser("receive-pxe", help="take a PXE set (a tar of `doit pxe`'s folder) from stdin")
+    receive.add_argument("--into", type=Path, default=pxeserve.SET_DIR, help="where to keep it (default: %(default)s)")
+    serve = sub.add_parser("serve-pxe", help="netboot the machines of this LAN from a PXE set, until stopped")
+    serve.add_argument("--from", dest="set_dir", type=Path, default=pxeserve.SET_DIR,
+                       help="the PXE set (default: %(default)s)")
+    serve.add_argument("--interface", help="the LAN to serve (default: this node's cluster LAN)")
+    serve.add_argument("--dhcp", choices=pxeserve.DHCP_MODES, default="auto",
+                       help="proxy: the LAN has a DHCP server; range: lease addresses too; auto: ask the LAN")
+    serve.add_argument("--range", help="FIRST,LAST addresses to lease in range mode (default: above the nodes')")
+    serve.add_argument("--boot", choices=pxeserve.BOOTS, default="install",
+                       help="what a netbooted machine does by default (its menu offers the others)")
+    serve.add_argument("--http-port", type=int, default=pxeserve.HTTP_PORT, help="for the image (default: %(default)s)")
+    serve.add_argument("--run-dir", type=Path, default=pxeserve.RUN_DIR,
+                       help="for what is served and dnsmasq's leases (default: %(default)s)")
+
+
+def serve_pxe(args) -> int:
+    from clusteros_node import pxeserve
+    try:
+        if args.command == "receive-pxe":
+            names = pxeserve.receive(sys.stdin.buffer, args.into)
+            print(f"clusteros-node: PXE set in {args.into}: {', '.join(names)}")
+            return 0
+        lan = pxeserve.lan_of(args.interface, load_spec(args.spec))
+        plan = pxeserve.Plan(lan, pxeserve.dhcp_range(args.dhcp, lan, args.range), args.boot, args.http_port)
+        return pxeserve.serve(args.set_dir, plan, args.run_dir)
+    except (pxeserve.ServeError, OSError) as why:
+        print(f"clusteros-node {args.command}: {why}", file=sys.stderr)
+        return 2
 
 
 def ask(request: dict) -> int:
@@ -59,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         return ask({args.command: getattr(args, "fingerprint" if args.command == "approve" else "name")})
     if args.command == "rotate":
         return ask({"rotate": sys.stdin.read()})
+    if args.command in ("receive-pxe", "serve-pxe"):
+        return serve_pxe(args)
     from clusteros_node import daemon
     from clusteros_node.places import Places
     places = Places.under(args.root) if args.root else Places()

@@ -61,6 +61,17 @@ def lan_capacity(subnet: str) -> int:
     return max(0, ipaddress.ip_network(subnet).num_addresses - 2 - LAN_HOST_OFFSET)
 
 
+def netboot_range(subnet: str, size: int = 64) -> tuple[str, str]:
+    """The leases `serve-pxe` hands out on a LAN with no DHCP server: just above the indexed nodes'
+    addresses (10.42.0.0/24: .75 to .138), so a netbooting machine never takes a node's."""
+    first = LAN_HOST_OFFSET + MAX_INDEXED + 1
+    net = ipaddress.ip_network(subnet)
+    last = min(first + size - 1, net.num_addresses - 2)
+    if last < first:
+        raise AddressError(f"{subnet} has no room for netboot leases above its {MAX_INDEXED} node addresses")
+    return str(net.network_address + first), str(net.network_address + last)
+
+
 def wg_capacity(subnet: str) -> int:
     return max(0, ipaddress.ip_network(subnet).num_addresses - 2)
 

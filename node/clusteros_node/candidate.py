@@ -20,6 +20,7 @@ from clusteros_node.identity import Identity
 from clusteros_node.places import Places
 
 CONSOLE = Path("/dev/console")
+ACTIVE_CONSOLES = Path("/sys/class/tty/console/active")   # e.g. "ttyS0 tty0": the kernel's console= list
 ISSUE = Path("/run/issue.d/50-clusteros.issue")
 
 
@@ -40,7 +41,7 @@ class Candidate:
     def show(self) -> None:
         text = (f"ClusterOS: {self.me.name} is not a member of {self.cluster} ({self.why}).\n"
                 f"  To let it join, on any member run:  clusteros-node approve {self.fingerprint}\n")
-        for target in (CONSOLE, ISSUE):
+        for target in (*consoles(), ISSUE):
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(text)
@@ -129,3 +130,13 @@ def _receive(sock: socket.socket, wait: float) -> tuple[bytes | None, str]:
         return packet, sender
     except (socket.timeout, BlockingIOError):
         return None, ""
+
+
+def consoles(active: Path = ACTIVE_CONSOLES) -> list[Path]:
+    """Every console the kernel writes to: a screen and a serial line both show the fingerprint
+    (/dev/console is only the last one named on the kernel's command line)."""
+    try:
+        names = active.read_text().split()
+    except OSError:
+        names = []
+    return [Path("/dev") / name for name in names if name.isalnum()] or [CONSOLE]

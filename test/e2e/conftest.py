@@ -13,6 +13,7 @@ image carries it, and the node-agent starts it in each node's role.
 """
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -121,7 +122,13 @@ def pids() -> dict[str, int]:
 
 
 def agent_status(node) -> dict:
-    import json
     status = json.loads(node.succeed("clusteros-node status --json || true"))
     assert "error" not in status, f"{node.name}: {status['error']}"   # not running yet: retried
     return status
+
+
+def untouched(disk: Path) -> bool:
+    """Not one byte of the disk was written: every block of the qcow2 is still unallocated."""
+    extents = json.loads(subprocess.run(["qemu-img", "map", "--output=json", str(disk)], check=True,
+                                        capture_output=True, text=True).stdout)
+    return all(not extent["data"] for extent in extents)

@@ -14,14 +14,14 @@ import time
 
 import pytest
 
-from clusteros import credentials
+from clusteros import accel, credentials
 from clusteros.cli import main as clusteros
 from clusteros.vm import cluster as lifecycle
 from clusteros.vm import qemu
 from clusteros.vm.layout import layout
 from clusteros_node import k3s
 
-from .conftest import DIST, agent_status, doit, pids
+from .conftest import DIST, agent_status, doit, pids, untouched
 from .test_cluster import payload_for, send
 
 pytestmark = pytest.mark.e2e
@@ -41,23 +41,26 @@ def controller_of(running) -> str:
 
 @pytest.fixture
 def stranger(running, spec):
-    """A fourth VM booted from the image alone: no credential from the host (no fw_cfg)."""
+    """A fourth machine, with an empty disk and no credential (no fw_cfg): it netboots from node1,
+    which serves the PXE set (`clusteros serve-pxe --boot ram`: dnsmasq, TFTP, HTTP), and runs the
+    image from RAM. The machine of a rack that nothing was installed on yet."""
+    doit("pxe")
+    assert clusteros(["serve-pxe", "--boot", "ram"]) == 0   # through node1, the default member
     vm = layout(spec, 4)[3]
     machine = lifecycle.machine(vm)
     machine.directory.mkdir(parents=True, exist_ok=True)
-    overlay = machine.directory / "overlay.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                    str((DIST / "democluster.qcow2").resolve()), str(overlay)], check=True)
-    manifest = json.loads((DIST / "democluster.manifest.json").read_text())
-    acc = __import__("clusteros.accel", fromlist=["choose"]).choose("auto")
-    machine.launch(qemu.node_argv(vm, machine.directory, overlay, acc, qemu.boot_of(spec, manifest, DIST),
-                                  lifecycle.switch().sock))
+    disk = machine.directory / "empty.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "4G"], check=True)
+    acc = accel.choose("auto")
+    machine.launch(qemu.netboot_argv(vm, machine.directory, disk, acc, lifecycle.switch().sock, memory=2048))
     yield lifecycle.node_handle(spec, vm, acc.scale(1.0))
     machine.stop(30)
+    assert untouched(disk), "running from RAM, it wrote nothing to its disk"
     for node in running:   # a machine gone for good: every member forgets it
         node.succeed("sudo clusteros-node forget node4")
     running.retry(lambda: _forgotten(running, "node4"), 30)
-    os.remove(overlay)
+    assert clusteros(["serve-pxe", "--stop"]) == 0
+    os.remove(disk)
 
 
 def _forgotten(running, name: str) -> None:
@@ -68,6 +71,10 @@ def _forgotten(running, name: str) -> None:
 
 
 def test_a_machine_without_the_credential_waits_and_joins_only_once_approved(running, stranger):
+    """Netbooted from node1 (see `stranger`), it asks to join and shows its fingerprint on its console."""
+    booted = stranger.wait_for_console_text(r"running democluster from RAM", timeout=400)
+    assert booted
+    assert "dnsmasq-dhcp" in running["node1"].succeed("sudo journalctl -u clusteros-pxe --no-pager"), "node1 served it"
     match = stranger.wait_for_console_text(r"clusteros-node approve (\w{4}-\w{4}-\w{4})", timeout=150)
     fingerprint = match.group(1)
     node1 = running["node1"]

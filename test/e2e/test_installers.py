@@ -2,14 +2,15 @@
 
 Three machines install at once, each onto an empty virtual disk that the
 firmware tries first (so a machine boots the installer only while its disk is
-empty, as a fleet does): the ISO as a CD under UEFI, the USB image as a USB
-stick under BIOS, and PXE through QEMU's built-in TFTP under BIOS with iPXE.
+empty, as a fleet does): the ISO as a CD under BIOS, the USB image as a USB
+stick under UEFI, and PXE through QEMU's built-in TFTP under BIOS with iPXE.
 Each must reboot from its disk into the node image and answer SSH, and the
 smoke checks of a booted node run on them (these are the image's BIOS and
 UEFI boots: the raw disk as it lands on hardware). Two
 refusals must leave every disk untouched: the asking installer (booted from
 its kernel and initrd) answered with Enter, and the ISO as a CD under UEFI
-with two empty disks; so must a PXE node that runs the image from RAM.
+with two empty disks. A machine netbooted from a running node (dnsmasq, not
+QEMU's TFTP) that runs the image from RAM: test_cluster_trust.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 
@@ -34,9 +34,8 @@ from clusteros.vm.ssh import SSHTarget
 
 from clusteros_node import k3s, messages, slurm
 
-from ..local_http import serve_directory
 from ..secret_scan import Needles, scan
-from .conftest import DIST, doit
+from .conftest import DIST, doit, untouched
 
 pytestmark = pytest.mark.e2e
 
@@ -214,13 +213,6 @@ def wait_gone(machine: Machine, timeout: float = 30) -> None:
     retry(gone, timeout, scale=ACCEL.scale(1.0), every=1)
 
 
-def untouched(disk: Path) -> bool:
-    """Not one byte of the disk was written: every block of the qcow2 is still unallocated."""
-    extents = json.loads(subprocess.run(["qemu-img", "map", "--output=json", str(disk)], check=True,
-                                        capture_output=True, text=True).stdout)
-    return all(not extent["data"] for extent in extents)
-
-
 # The refusals run while the three installs are under way: they need no disk of theirs.
 @pytest.mark.usefixtures("installs")
 def test_asking_installer_given_no_answer_wipes_nothing(installers):
@@ -251,39 +243,6 @@ def test_unattended_auto_target_refuses_two_empty_disks(installers):
         assert "more than one empty disk ( vda vdb )" in machine.console_text()
         wait_gone(machine)
     assert all(untouched(d) for d in disks)
-
-
-@pytest.fixture
-def http_server(installers):
-    """dist/pxe over HTTP on a free local port; yields the port."""
-    with serve_directory(installers["pxe"]) as url:
-        yield urlparse(url).port
-
-
-@pytest.mark.usefixtures("installs")
-def test_pxe_node_runs_from_ram_and_touches_no_disk(installers, http_server):
-    """The PXE kernel and initrd with clusteros.install=ram; the image over HTTP, as a fleet serves it
-    (a local web server, reached from the guest at QEMU's host address 10.0.2.2)."""
-    disk = empty_disk(DIST / "vm-installers" / "ram-disk.qcow2")
-    machine = Machine("ram", DIST / "vm-installers" / "ram", stop_timeout=10)
-    machine.directory.mkdir(parents=True, exist_ok=True)
-    port = SSH_BASE_PORT + 9
-    assert ports.port_owner(port) is None
-    machine.launch([
-        "qemu-system-x86_64", "-name", "ram,process=clusteros-test-ram", "-machine", "q35", *ACCEL.qemu_args,
-        "-m", "2048", "-smp", "1", "-display", "none", "-monitor", "none",
-        "-kernel", str(installers["pxe"] / "vmlinuz"), "-initrd", str(installers["pxe"] / "initrd.img"),
-        "-append", f"console=ttyS0,115200n8 clusteros.install=ram clusteros.image=http://10.0.2.2:{http_server}/image.data.gz",
-        "-netdev", f"user,id=net,hostfwd=tcp:127.0.0.1:{port}-:22",
-        "-device", "virtio-net-pci,netdev=net",
-        "-drive", f"file={disk},if=none,id=d0,format=qcow2", "-device", "virtio-blk-pci,drive=d0",
-        *installers["credential"]])
-    with machine:
-        node = handle(machine, installers["spec"], port)
-        wait_for_installer(node, "running democluster from RAM", "ram")
-        root = node.wait_until_succeeds("findmnt --noheadings --output SOURCE /", timeout=150)
-        assert root.strip().startswith("/dev/ram0"), root
-    assert untouched(disk)
 
 
 FIRMWARE = {"iso": "bios", "usb": "uefi", "pxe": "bios"}
@@ -355,7 +314,8 @@ def test_root_file_system_fills_the_disk(installed, installs, installers):
 
 def test_pxe_set_has_what_a_boot_server_needs(installers):
     names = {p.name for p in installers["pxe"].iterdir()}
-    assert names == {"vmlinuz", "initrd.img", "image.data.gz", "boot.ipxe", "dnsmasq.conf.example"}
+    assert names == {"vmlinuz", "initrd.img", "image.data.gz", "boot.ipxe", "dnsmasq.conf.example", "undionly.kpxe",
+                     "snponly.efi"}
     assert installers["pxe"].joinpath("boot.ipxe").read_text().startswith("#!ipxe")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from clusteros.spec import load_spec, node_view
-from clusteros_node import (accounting, credential, election, enroll, firewall, home, identity, messages, registry,
+from clusteros_node import (accounting, candidate, credential, election, enroll, firewall, home, identity, messages, registry,
                             slurm, status, timesync, validate)
 from clusteros_node.agent import Agent
 from clusteros_node.places import Places
@@ -624,3 +624,12 @@ def test_a_live_member_cannot_be_moved_to_another_address_by_a_copy_of_its_annou
         table.accept(validate.announcement(moved, spec), "10.42.0.13")
     mono.now += registry.LIVE_SECONDS + 1         # gone quiet: it may have come back elsewhere (DHCP)
     table.accept(validate.announcement(moved, spec), "10.42.0.13")
+
+
+def test_the_fingerprint_goes_to_every_console_the_kernel_has(tmp_path):
+    active = tmp_path / "active"
+    active.write_text("ttyS0 tty0\n")
+    assert candidate.consoles(active) == [Path("/dev/ttyS0"), Path("/dev/tty0")], "the screen and the serial line"
+    active.write_text("../sda\n")
+    assert candidate.consoles(active) == [Path("/dev/console")], "only console names"
+    assert candidate.consoles(tmp_path / "none") == [Path("/dev/console")]

@@ -1,0 +1,109 @@
+"""`clusteros-node serve-pxe`'s parts: the served boot script, the lease range, DHCP offers, taking a set.
+
+The real dnsmasq on a LAN of namespaces: test/e2e/test_serve_pxe_lan.py; a VM netbooted from
+a node of the test cluster: test/e2e/test_cluster_trust.py.
+"""
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from clusteros.installer.settings import dnsmasq_example, ipxe_script
+from clusteros_node import dhcpprobe, pxeserve
+
+CONFIG = {"INSTALL": "auto", "TARGET": "auto"}
+
+
+def make_set(directory: Path) -> Path:
+    directory.mkdir(parents=True)
+    directory.chmod(0o755)
+    (directory / "boot.ipxe").write_text(ipxe_script("rack", CONFIG))
+    (directory / "dnsmasq.conf.example").write_text(dnsmasq_example("rack"))
+    for name, body in (("vmlinuz", b"kernel"), ("initrd.img", b"initrd"), ("undionly.kpxe", b"bios ipxe"),
+                       ("snponly.efi", b"efi ipxe"), ("image.data.gz", b"data" * 100_000)):
+        (directory / name).write_bytes(body)
+    return directory
+
+
+# -- pure parts -----------------------------------------------------------------------------
+
+def test_the_served_script_points_at_this_node_and_boots_what_was_asked():
+    script = pxeserve.served_script(ipxe_script("rack", CONFIG), "http://10.42.0.11:8069/image.data.gz", "ram")
+    assert "set image-url http://10.42.0.11:8069/image.data.gz" in script.splitlines()
+    assert "set install ram" in script.splitlines()
+    assert script.splitlines().index("set install ram") < script.splitlines().index(":ram"), "the default, first"
+    with pytest.raises(pxeserve.ServeError, match="no `set image-url` line"):
+        pxeserve.served_script("#!ipxe\nboot\n", "http://x/", "ram")
+
+
+def test_the_lease_range_sits_above_the_nodes_and_a_wrong_one_is_refused():
+    lan = pxeserve.Lan("eth0", "10.42.0.11", "10.42.0.0/24", None)
+    assert pxeserve.dhcp_range("range", lan) == "10.42.0.75,10.42.0.138,255.255.255.0,1h"
+    assert pxeserve.dhcp_range("range", lan, "10.42.0.200,10.42.0.210") == "10.42.0.200,10.42.0.210,255.255.255.0,1h"
+    assert pxeserve.dhcp_range("proxy", lan) == "10.42.0.0,proxy"
+    for wrong in ("10.42.0.210,10.42.0.200", "10.42.1.5,10.42.1.9", "10.42.0.200"):
+        with pytest.raises(pxeserve.ServeError, match="FIRST,LAST"):
+            pxeserve.dhcp_range("range", lan, wrong)
+
+
+def test_auto_asks_the_lan_and_goes_proxy_only_when_a_server_answers():
+    lan = pxeserve.Lan("eth0", "10.42.0.11", "10.42.0.0/24", None)
+    answered = dhcpprobe.Offer("10.42.0.1", "10.42.0.99", "")
+    assert pxeserve.dhcp_range("auto", lan, find_server=lambda _: answered) == "10.42.0.0,proxy"
+    assert pxeserve.dhcp_range("auto", lan, find_server=lambda _: None).endswith(",1h")
+
+
+def test_offers_are_parsed_and_anything_else_is_ignored():
+    xid = 0x1234
+    offer = bytearray(dhcpprobe.discover(b"\x52\x54\x00\x00\x00\x01", xid))
+    offer[0] = 2
+    offer[16:20] = bytes([10, 42, 0, 99])
+    at = offer.index(bytes([53, 1, 1]))
+    offer[at:at + 3] = bytes([53, 1, 2])
+    assert dhcpprobe.parse_offer(bytes(offer), xid, "10.42.0.1") == dhcpprobe.Offer("10.42.0.1", "10.42.0.99", "")
+    assert dhcpprobe.parse_offer(bytes(offer), xid + 1, "10.42.0.1") is None, "an answer to another DISCOVER"
+    for cut in range(0, len(offer), 7):   # every truncation: None, never an exception
+        assert dhcpprobe.parse_offer(bytes(offer[:cut]), xid, "x") is None
+    assert dhcpprobe.parse_offer(bytes(offer[:-1]) + bytes([61, 200]), xid, "x") is None, "an option past the end"
+
+
+def test_a_set_is_received_whole_or_not_at_all(tmp_path):
+    source = make_set(tmp_path / "built")
+    into = tmp_path / "srv" / "pxe"
+    assert pxeserve.receive(tar_of(source), into) == sorted(pxeserve.SET_FILES)
+    assert (into / "image.data.gz").read_bytes() == (source / "image.data.gz").read_bytes()
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w") as tar:
+        tar.add(source / "boot.ipxe", arcname="boot.ipxe")
+        tar.add(source / "vmlinuz", arcname="../../etc/cron.d/x")
+    evil.seek(0)
+    with pytest.raises(pxeserve.ServeError, match="not a file of a PXE set"):
+        pxeserve.receive(evil, into)
+    assert sorted(p.name for p in into.iterdir()) == sorted(pxeserve.SET_FILES), "the set before it is kept"
+    with pytest.raises(pxeserve.ServeError, match="not a whole PXE set: .*image.data.gz"):
+        pxeserve.receive(tar_of(source, leave_out="image.data.gz"), into)
+
+
+def tar_of(directory: Path, leave_out: str = "") -> io.BytesIO:
+    stream = io.BytesIO()
+    with tarfile.open(fileobj=stream, mode="w") as tar:
+        for path in sorted(directory.iterdir()):
+            if path.name != leave_out:
+                tar.add(path, arcname=path.name)
+    stream.seek(0)
+    return stream
+
+
+
+
+def test_a_stream_cut_short_changes_nothing(tmp_path):
+    source = make_set(tmp_path / "built")
+    into = tmp_path / "srv" / "pxe"
+    pxeserve.receive(tar_of(source), into)
+    whole = tar_of(source).getvalue()
+    with pytest.raises(pxeserve.ServeError, match="did not arrive whole"):
+        pxeserve.receive(io.BytesIO(whole[:len(whole) // 2]), into)
+    assert sorted(p.name for p in into.iterdir()) == sorted(pxeserve.SET_FILES)
+    assert not into.with_name("pxe.incoming").exists()
