@@ -249,7 +249,11 @@ def wait_for_ssh(spec: dict, nodes: list[VMNode], timeout: float) -> None:
 
 
 def stop(spec: dict) -> list[str]:
-    """Power every node down (in parallel), then stop the switch. Overlays stay."""
+    """Power every node down (in parallel), the storage node last, then stop the switch. Overlays stay.
+
+    The storage node goes last because the others mount /home from it, hard: a member whose
+    server is gone first waits out its stop timeouts on the mount and on every process with a
+    file open there (measured: 80 s more than the 7 s a node takes to power down)."""
     state = load_state()
     nodes = [VMNode(**n) for n in state["nodes"]] if state else []
     outcomes: dict[str, str] = {}
@@ -259,13 +263,22 @@ def stop(spec: dict) -> list[str]:
         outcomes[node.name] = m.stop(scale_of(state) * STOP_TIMEOUT) if m.is_alive() else "was not running"
         m.remove_runtime_files()
 
-    threads = [threading.Thread(target=stop_one, args=(n,)) for n in nodes]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    for wave in stop_order(spec, nodes):
+        threads = [threading.Thread(target=stop_one, args=(n,)) for n in wave]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     switch().stop()
     return [f"{name}: {how}" for name, how in sorted(outcomes.items())]
+
+
+def stop_order(spec: dict, nodes: list[VMNode]) -> list[list[VMNode]]:
+    """Waves of nodes to stop together: the members, then the node that serves their /home."""
+    slurm = spec["services"]["slurm"]
+    storage = slurm.get("storage_node") if slurm["enabled"] else None
+    waves = [[n for n in nodes if n.name != storage], [n for n in nodes if n.name == storage]]
+    return [wave for wave in waves if wave]
 
 
 def remove_overlays() -> None:

@@ -73,3 +73,15 @@ def test_ssh_runs_one_command_line_on_the_node(spec):
     assert argv[-2:] == ["--", "echo 'a b'; exit 3"], "the login shell on the node gets the line as written"
     assert "StrictHostKeyChecking=no" in argv and "admin@127.0.0.1" in argv and "BatchMode=yes" in argv
     assert "-t" in SSHTarget(2223, "admin", Path("/k")).argv(interactive=True)
+
+
+def test_the_storage_node_stops_after_the_members_that_mount_its_home(spec):
+    nodes = layout.layout(spec, 4)
+    assert [[n.name for n in wave] for wave in cluster.stop_order(spec, nodes)] == \
+        [["node2", "node3", "node4"], ["node1"]]
+    spec["services"]["slurm"]["storage_node"] = "node3"
+    assert [[n.name for n in wave] for wave in cluster.stop_order(spec, nodes)] == \
+        [["node1", "node2", "node4"], ["node3"]]
+    spec["services"]["slurm"]["enabled"] = False
+    assert [[n.name for n in wave] for wave in cluster.stop_order(spec, nodes)] == \
+        [["node1", "node2", "node3", "node4"]], "no shared home: all at once"
