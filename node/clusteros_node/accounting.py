@@ -57,12 +57,13 @@ def grant_sql(password: str) -> str:
 
 
 class ConnectProbe:
-    """Has a TCP port on a host ever taken a connection? Asked without waiting: a connect is started
-    on one call and looked at on the next, so the agent's tick never blocks on a host whose packets
-    are dropped (a storage node that is down). Once answered, it stays answered."""
+    """Has a TCP port on a host ever taken a connection? Asked without holding the agent's tick:
+    a connect is started and given `first_wait` (a host that is up answers within it, so the
+    usual case is decided at once); a host whose packets are dropped (a storage node that is down)
+    is looked at again on the next call, and tried afresh after `patience`. Once answered, it stays."""
 
-    def __init__(self, port: int, patience: float = 5.0, clock=time.monotonic):
-        self.port, self.patience, self.clock = port, patience, clock
+    def __init__(self, port: int, patience: float = 5.0, first_wait: float = 0.2, clock=time.monotonic):
+        self.port, self.patience, self.first_wait, self.clock = port, patience, first_wait, clock
         self.answered = False
         self.sock: socket.socket | None = None
         self.host: str | None = None
@@ -71,17 +72,18 @@ class ConnectProbe:
     def answered_by(self, host: str) -> bool:
         if self.answered:
             return True
-        if self.sock is not None and self.host == host:
-            _, writable, _ = select.select([], [self.sock], [], 0)
-            if writable:   # connected, or refused: SO_ERROR says which
-                self.answered = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
-                self._close()
-            elif self.clock() - self.started > self.patience:
-                self._close()   # no answer at all: start again next time
-            return self.answered
-        self._close()
-        self._start(host)
-        return False
+        wait = 0.0
+        if self.sock is None or self.host != host:
+            self._close()
+            self._start(host)
+            wait = self.first_wait
+        _, writable, _ = select.select([], [self.sock], [], wait)
+        if writable:   # connected, or refused: SO_ERROR says which
+            self.answered = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+            self._close()
+        elif self.clock() - self.started > self.patience:
+            self._close()   # no answer at all: start again next time
+        return self.answered
 
     def _start(self, host: str) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
