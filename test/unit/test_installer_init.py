@@ -194,3 +194,27 @@ def test_a_shareable_stick_has_no_owners_part(machine):
         f.seek(32848)
         f.write((3 * MIB // 2048).to_bytes(4, "little"))
     assert "NONE" in machine.run("MEDIUM_DISK=sdb; find_credential || echo NONE").stdout
+
+
+def test_the_image_takes_over_with_its_own_module_loader_and_every_nic_but_lo_bare_and_down(machine):
+    for name in ("lo", "eth0", "eth1"):
+        (machine.root / "sys" / "class" / "net" / name).mkdir(parents=True)
+    loader = machine.root / "modprobe"
+    loader.write_text("/bin/modprobe\n")
+    out = machine.run(f'KERNEL_MODPROBE={loader}\nip() {{ echo "ip $*"; }}\nhand_over')
+    assert out.stdout.splitlines() == ["ip address flush dev eth0", "ip link set eth0 down",
+                                       "ip address flush dev eth1", "ip link set eth1 down"], out.stderr
+    assert loader.read_text() == "/sbin/modprobe\n", "the kernel's own default: the image has no /bin/modprobe"
+
+
+def test_a_long_step_says_how_far_it_is_as_its_measure_counts(machine):
+    script = ("MIB=1048576 PROGRESS_EVERY=0.2\n"
+              f"counted() {{ echo $(( $(cat {machine.root}/done 2>/dev/null || echo 0) * MIB )); }}\n"
+              f"work() {{ for n in 1 2 3; do sleep 0.3; echo $n > {machine.root}/done; done; }}\n"
+              "with_progress writing $(( 3 * MIB )) counted -- work && echo ok")
+    out = machine.run(script)
+    lines = out.stdout.splitlines()
+    assert lines[-1] == "ok", out.stderr
+    said = [line for line in lines if line.startswith("clusteros-installer: writing ")]
+    assert said and said[-1] == "clusteros-installer: writing 3 of 3 MiB", said
+    assert len({line for line in said}) > 1, "it moves"
