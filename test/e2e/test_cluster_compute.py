@@ -88,7 +88,9 @@ def test_the_storage_node_reboots_under_jobs_and_the_queue_and_the_home_come_bac
     the controller: its reboot is the controller's reboot, too (README, "Jobs and a controller
     that goes")."""
     node1, node2, node3 = running["node1"], running["node2"], running["node3"]
-    long = node2.succeed('cd /tmp && sbatch --parsable -w node3 -o /dev/null --wrap "sleep 100"').strip()
+    # Long enough to be running when node1 goes down; it may end before node1 is back (a reboot
+    # is about a minute here): then node3's slurmd hands its end to the controller once it is.
+    long = node2.succeed('cd /tmp && sbatch --parsable -w node3 -o /dev/null --wrap "sleep 40"').strip()
     queued = node2.succeed('cd /tmp && sbatch --parsable -w node3 -o /dev/null --wrap "true"').strip()
     node2.wait_until_succeeds(f"squeue -h -j {long} -o %T | grep -qx RUNNING", timeout=60)
     node1.reboot(timeout=240)
