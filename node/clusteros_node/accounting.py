@@ -112,9 +112,14 @@ class Accounting:
         return self.probe.answered_by(host)
 
     def ensure(self) -> None:
+        """MariaDB, then the database account, then slurmdbd, a step a tick: each unit is started
+        without waiting for it (MariaDB's first start takes many seconds under emulation, and
+        the tick must go on taking members in); the next tick goes on once it is up."""
         self.units = system.unit_states("mariadb.service", "slurmdbd.service")
         if self.units["mariadb.service"] != "active":
-            system.run("systemctl", "start", "mariadb.service", timeout=180)
+            if self.units["mariadb.service"] != "activating":
+                system.run("systemctl", "start", "--no-block", "mariadb.service")
+            return
         if not self.granted:
             password = password_in(system.read_text(DBD_CONF)) or secrets.token_hex(16)
             system.run("mariadb", "--batch", stdin=grant_sql(password))
@@ -122,8 +127,8 @@ class Accounting:
             system.write_if_changed(DBD_CONF, render_dbd_conf(password).encode(), mode=0o600,
                                     owner=(slurm.pw_uid, slurm.pw_gid))
             self.granted = True
-        if self.units["slurmdbd.service"] != "active":
-            system.run("systemctl", "start", "slurmdbd.service", timeout=120)
+        if self.units["slurmdbd.service"] not in ("active", "activating"):
+            system.run("systemctl", "start", "--no-block", "slurmdbd.service")
 
     def state(self) -> dict:
         """As last seen by ensure (a tick ago at most)."""

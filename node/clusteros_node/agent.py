@@ -482,6 +482,7 @@ class Agent:
         loop(sock, self.receive, self._tick, self._excess)
 
     def _tick(self) -> None:
+        system.new_tick()
         self.reconcile()
         self.write_status()
 

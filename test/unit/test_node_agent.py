@@ -15,7 +15,7 @@ import pytest
 
 from clusteros.spec import load_spec, node_view
 from clusteros_node import (accounting, candidate, credential, election, enroll, firewall, home, identity, messages, registry,
-                            slurm, status, timesync, validate)
+                            slurm, status, system, timesync, validate)
 from clusteros_node.agent import Agent
 from clusteros_node.places import Places
 from clusteros_node.ratelimit import Limiter
@@ -639,3 +639,45 @@ def test_the_fingerprint_goes_to_every_console_the_kernel_has(tmp_path):
     active.write_text("../sda\n")
     assert candidate.consoles(active) == [Path("/dev/console")], "only console names"
     assert candidate.consoles(tmp_path / "none") == [Path("/dev/console")]
+
+
+def test_unit_states_cost_one_systemctl_a_tick_and_a_change_is_read_afresh(tmp_path, monkeypatch):
+    calls = tmp_path / "calls"
+    fake = tmp_path / "systemctl"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n'
+                    'if [ "$1" = is-active ]; then shift; for u in "$@"; do echo active; done; fi\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(system, "_watched", set())
+    system.new_tick()
+    assert system.unit_state("munge.service") == "active"
+    assert system.unit_states("munge.service", "slurmd.service") == {"munge.service": "active", "slurmd.service": "active"}
+    system.new_tick()
+    for unit in ("slurmd.service", "munge.service", "slurmd.service"):
+        system.unit_state(unit)
+    assert calls.read_text().splitlines() == ["is-active munge.service", "is-active slurmd.service",
+                                              "is-active munge.service slurmd.service"], "the next tick: one call for all"
+    system.run("systemctl", "start", "--no-block", "slurmd.service")
+    system.unit_state("munge.service")
+    assert calls.read_text().splitlines()[-2:] == ["start --no-block slurmd.service",
+                                                   "is-active munge.service slurmd.service"], "a start: read again"
+
+
+def test_accounting_starts_mariadb_without_waiting_and_goes_on_only_once_it_is_up(tmp_path, monkeypatch):
+    calls, states = tmp_path / "calls", tmp_path / "states"
+    (tmp_path / "systemctl").write_text(
+        f'#!/bin/sh\necho "$*" >> {calls}\n'
+        f'if [ "$1" = is-active ]; then shift; for u in "$@"; do grep "^$u " {states} | cut -d" " -f2; done; fi\n')
+    (tmp_path / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(system, "_watched", set())
+    dbd = accounting.Accounting()
+    for mariadb, expected in (("inactive", "start --no-block mariadb.service"), ("activating", None),
+                              ("failed", "start --no-block mariadb.service")):
+        states.write_text(f"mariadb.service {mariadb}\nslurmdbd.service inactive\n")
+        calls.write_text("")
+        system.new_tick()
+        dbd.ensure()
+        started = [c for c in calls.read_text().splitlines() if not c.startswith("is-active")]
+        assert started == ([expected] if expected else []), (mariadb, started)
+        assert not dbd.granted, "no account and no slurmdbd before MariaDB is up"
