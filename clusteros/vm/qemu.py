@@ -97,11 +97,12 @@ def node_argv(node: VMNode, machine_dir: Path, disk: Path, acc: Accel, boot: Boo
             "-monitor", "none"]
 
 
-def netboot_argv(node: VMNode, machine_dir: Path, disk: Path, acc: Accel, lan_sock: Path, memory: int) -> list[str]:
+def netboot_argv(node: VMNode, machine_dir: Path, disk: Path, acc: Accel, lan_sock: Path, memory: int,
+                 cpus: int) -> list[str]:
     """A machine that netboots from the cluster LAN (SeaBIOS and the NIC's iPXE ROM), with an empty
     disk it should never touch: a node of the rack that nothing was installed on yet."""
     return ["qemu-system-x86_64", "-name", f"{node.name},process=clusteros-{node.name}",
-            *machine_args(Boot("bios"), machine_dir), *acc.qemu_args, "-smp", str(node.cpus), "-m", str(memory),
+            *machine_args(Boot("bios"), machine_dir), *acc.qemu_args, "-smp", str(cpus), "-m", str(memory),
             "-drive", f"file={disk},if=none,id=disk,format=qcow2",
             "-device", "virtio-blk-pci,drive=disk,bootindex=2",
             "-netdev", f"vde,id=lan,sock={lan_sock}",

@@ -37,6 +37,8 @@ def test_a_step_over_its_memory_is_killed_as_out_of_memory(running):
 
 
 def test_a_step_runs_in_its_own_cgroup_with_exactly_the_cpus_it_asked_for(running):
+    """On every node, one CPU and all of them. The shipped nodes have one CPU; a step smaller than
+    its node is checked on the 2-CPU machine test_cluster_trust.py netboots."""
     node1 = running["node1"]
     cgroup = node1.succeed("srun -N1 cat /proc/self/cgroup")
     assert re.search(r"slurmstepd\.scope/job_\d+/step_0", cgroup), cgroup
@@ -44,11 +46,11 @@ def test_a_step_runs_in_its_own_cgroup_with_exactly_the_cpus_it_asked_for(runnin
         cpus = int(node.succeed("nproc"))
         for wanted in sorted({1, cpus}):
             seen = node1.succeed(f"srun -w {node.name} -c {wanted} grep Cpus_allowed_list /proc/self/status")
-            allowed = _count_cpus(seen.split(":", 1)[1].strip())
+            allowed = cpu_count(seen.split(":", 1)[1].strip())
             assert allowed == wanted, f"{node.name}: srun -c {wanted} may use {allowed} CPUs ({seen.strip()})"
 
 
-def _count_cpus(cpu_list: str) -> int:
+def cpu_count(cpu_list: str) -> int:
     total = 0
     for part in cpu_list.split(","):
         first, _, last = part.partition("-")

@@ -25,6 +25,7 @@ from clusteros_node.agent import ROTATION_GRACE
 
 from .conftest import DIST, agent_status, doit, pids, untouched
 from .test_cluster import payload_for, send
+from .test_cluster_compute import cpu_count
 
 pytestmark = pytest.mark.e2e
 
@@ -54,7 +55,9 @@ def stranger(running, spec):
     disk = machine.directory / "empty.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "4G"], check=True)
     acc = accel.choose("auto")
-    machine.launch(qemu.netboot_argv(vm, machine.directory, disk, acc, lifecycle.switch().sock, memory=2048))
+    # Bigger than the test nodes (1 CPU, 1 GiB): a rack is seldom all alike, and a step's cpuset
+    # can be smaller than this node (checked once it is a member).
+    machine.launch(qemu.netboot_argv(vm, machine.directory, disk, acc, lifecycle.switch().sock, memory=2048, cpus=2))
     yield lifecycle.node_handle(spec, vm, acc.scale(1.0))
     machine.stop(30)
     assert untouched(disk), "running from RAM, it wrote nothing to its disk"
@@ -97,6 +100,9 @@ def test_a_machine_without_the_credential_waits_and_joins_only_once_approved(run
         raise AssertionError(f"{failure}\n--- what node1 knows\n{_slurm_story(node1)}") from failure
     peers = stranger.succeed("sudo wg show wg0 peers").split()
     assert len(peers) == 3, "node4 is in the mesh with all three"
+    for wanted in (1, 2):   # node4 has 2 CPUs: a step gets exactly the ones it asked for
+        seen = node1.succeed(f"srun -w node4 -c {wanted} grep Cpus_allowed_list /proc/self/status")
+        assert cpu_count(seen.split(":", 1)[1].strip()) == wanted, f"srun -c {wanted} on node4: {seen.strip()}"
     assert json.loads(stranger.succeed("clusteros-node status --json"))["credential"]["generation"] >= 1
 
 
