@@ -23,6 +23,10 @@ KEYRINGS = {
     "ubuntu": "/usr/share/keyrings/ubuntu-archive-keyring.gpg",
 }
 COMPONENTS = {"debian": ["main"], "ubuntu": ["main", "universe"]}
+# image.firmware: Debian splits non-free firmware by vendor into its non-free-firmware component
+# (bookworm on); Ubuntu ships it all as linux-firmware, in main.
+FIRMWARE_COMPONENT = {"debian": "non-free-firmware"}
+FIRMWARE_PACKAGES = {"debian": lambda name: f"firmware-{name}", "ubuntu": lambda name: "linux-firmware"}
 
 # Documentation, man pages and translations never reach the image. These filters
 # also stay in the image (/etc/dpkg/dpkg.cfg.d/99mmdebstrap) so later installs stay lean.
@@ -51,9 +55,16 @@ def read_package_list(path: Path) -> list[str]:
 
 
 def packages(view: dict) -> list[str]:
-    """Base set for the distro plus the spec's extra packages, sorted, without repeats."""
+    """Base set for the distro plus the spec's extra packages and firmware, sorted, without repeats."""
     base = read_package_list(package_list_file(view["distro"]))
-    return sorted(set(base) | set(view["packages"]))
+    firmware = {FIRMWARE_PACKAGES[view["distro"]](name) for name in view.get("firmware", [])}
+    return sorted(set(base) | set(view["packages"]) | firmware)
+
+
+def components(view: dict) -> list[str]:
+    """The archive's components: the distro's own, and non-free firmware when the spec asks for some."""
+    extra = FIRMWARE_COMPONENT.get(view["distro"]) if view.get("firmware") else None
+    return COMPONENTS[view["distro"]] + ([extra] if extra else [])
 
 
 def cache_key(view: dict) -> str:
@@ -85,7 +96,7 @@ def mmdebstrap_command(view: dict, output: Path, apt_cache: Path) -> list[str]:
         "--mode=root",
         "--format=tar",
         f"--architectures={view['architecture']}",
-        f"--components={','.join(COMPONENTS[distro])}",
+        f"--components={','.join(components(view))}",
         f"--keyring={KEYRINGS[distro]}",
         f"--include={','.join(packages(view))}",
         # The .debs are kept outside the tree and fed back in on the next build.

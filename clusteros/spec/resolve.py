@@ -71,7 +71,7 @@ def resolve(spec: dict, base_dir: Path, schema: dict) -> dict:
 
 def rootfs_view(spec: dict) -> dict:
     image = spec["image"]
-    return {k: image[k] for k in ("distro", "suite", "mirror", "architecture", "packages")}
+    return {k: image[k] for k in ("distro", "suite", "mirror", "architecture", "packages", "firmware")}
 
 
 def node_view(spec: dict) -> dict:

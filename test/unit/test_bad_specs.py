@@ -47,6 +47,7 @@ BROKEN = [
     ("two-default-partitions", OK + "services: {slurm: {partitions: [{name: a, default: true}, {name: b, default: true}]}}\n", "services.slurm.partitions[1].default"),
     ("ssh-key-garbage", OK + "image: {users: [{name: bob, ssh_keys: ['not a key']}]}\n", "image.users[0].ssh_keys[0] (line 2): 'not a key' is not an SSH public key"),
     ("root-user", OK + "image: {users: [{name: root}]}\n", "image.users[0].name (line 2): root cannot log in over SSH"),
+    ("firmware-unknown", OK + "image: {firmware: [nvidia]}\n", "image.firmware[0] (line 2): 'nvidia' is not one of 'realtek', 'iwlwifi'"),
     ("accel-typo", OK + "vm: {accel: kmv}\n", "vm.accel (line 2): 'kmv' is not one of 'auto', 'kvm', 'tcg'\n    hint: did you mean 'kvm'?"),
     ("type-mismatch", OK + "vm: {cpus: two}\n", "vm.cpus (line 2): 'two' should be an integer, not a string"),
     ("vm-nodes-over-list", OK + "nodes: [{name: a}]\nvm: {nodes: 3}\n", "vm.nodes (line 3): 3 VMs but only 1 nodes are listed"),

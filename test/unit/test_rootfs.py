@@ -39,3 +39,18 @@ def test_the_cache_key_is_the_inputs_and_nothing_else():
     assert rootfs.cache_key(base) != rootfs.cache_key(view("image: {packages: [htop]}\n"))
     assert rootfs.cache_key(base) != rootfs.cache_key(view("image: {mirror: 'http://mirror.example/debian'}\n"))
     assert rootfs.rootfs_path(base).name == f"rootfs-debian-bookworm-{rootfs.cache_key(base)}.tar"
+
+
+@pytest.mark.parametrize("distro,components,wanted", [
+    ("debian", "main,non-free-firmware", {"firmware-realtek", "firmware-iwlwifi"}),
+    ("ubuntu", "main,universe", {"linux-firmware"}),
+])
+def test_firmware_asked_for_brings_its_packages_and_component(distro, components, wanted, tmp_path):
+    v = view(f"image: {{distro: {distro}, firmware: [realtek, iwlwifi]}}\n")
+    argv = rootfs.mmdebstrap_command(v, tmp_path / "out.tar", tmp_path / "debs")
+    assert f"--components={components}" in argv
+    included = set(next(a for a in argv if a.startswith("--include=")).removeprefix("--include=").split(","))
+    assert wanted <= included
+    free = view(f"image: {{distro: {distro}}}\n")
+    assert not {p for p in rootfs.packages(free) if p.startswith(("firmware-", "linux-firmware"))}, "none by default"
+    assert rootfs.cache_key(free) != rootfs.cache_key(v)
