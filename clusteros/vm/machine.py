@@ -66,6 +66,11 @@ class Machine:
         return self.directory / "qemu.pid"
 
     @property
+    def vnc_socket(self) -> Path:
+        """Where a machine with a screen serves it (QEMU leaves the socket behind when it exits)."""
+        return self.directory / "vnc.sock"
+
+    @property
     def serial_log(self) -> Path:
         return self.directory / "serial.log"
 
@@ -105,7 +110,7 @@ class Machine:
         return pid
 
     def remove_runtime_files(self) -> None:
-        for path in (self.qmp_socket, self.pid_file):
+        for path in (self.qmp_socket, self.pid_file, self.vnc_socket):
             path.unlink(missing_ok=True)
 
     # -- QMP -----------------------------------------------------------------

@@ -10,7 +10,7 @@ from clusteros.accel import Accel
 from clusteros.errors import ClusterOSError
 from clusteros.vm.layout import VMNode
 
-VNC_SOCKET = "vnc.sock"
+VNC_SOCKET = "vnc.sock"   # Machine.vnc_socket: removed with the machine's other runtime files
 OVMF_CODE = [Path("/usr/share/OVMF/OVMF_CODE_4M.fd"), Path("/usr/share/OVMF/OVMF_CODE.fd"),
              Path("/usr/share/ovmf/OVMF.fd"), Path("/usr/share/qemu/OVMF.fd")]
 

@@ -36,13 +36,14 @@ def test_paused_state_is_reported(vm):
 
 
 def test_stop_without_acpi_falls_back_to_quit_and_leaves_nothing(vm):
-    vm.launch(list(QEMU_NONE))
+    vm.launch(list(QEMU_NONE) + ["-display", "none", "-vnc", f"unix:{vm.vnc_socket}"])
     started = time.monotonic()
     # -machine none has no ACPI: the powerdown request goes unanswered until the timeout.
     assert vm.stop(timeout=1.0) == "quit over QMP"
     assert time.monotonic() - started < 10
     assert not vm.is_alive()
     assert not vm.qmp_socket.exists() and not vm.pid_file.exists()
+    assert not vm.vnc_socket.exists(), "QEMU leaves its VNC socket; the stop removes it"
 
 
 def test_a_stuck_qemu_is_killed(vm):
