@@ -208,9 +208,9 @@ def test_the_image_takes_over_with_its_own_module_loader_and_every_nic_but_lo_ba
 
 
 def test_a_long_step_says_how_far_it_is_as_its_measure_counts(machine):
-    script = ("MIB=1048576 PROGRESS_EVERY=0.2\n"
+    script = ("MIB=1048576 PROGRESS_EVERY=0.05\n"
               f"counted() {{ echo $(( $(cat {machine.root}/done 2>/dev/null || echo 0) * MIB )); }}\n"
-              f"work() {{ for n in 1 2 3; do sleep 0.3; echo $n > {machine.root}/done; done; }}\n"
+              f"work() {{ for n in 1 2 3; do sleep 0.1; echo $n > {machine.root}/done; done; }}\n"
               "with_progress writing $(( 3 * MIB )) counted -- work && echo ok")
     out = machine.run(script)
     lines = out.stdout.splitlines()

@@ -39,7 +39,7 @@ def test_stop_without_acpi_falls_back_to_quit_and_leaves_nothing(vm):
     vm.launch(list(QEMU_NONE) + ["-display", "none", "-vnc", f"unix:{vm.vnc_socket}"])
     started = time.monotonic()
     # -machine none has no ACPI: the powerdown request goes unanswered until the timeout.
-    assert vm.stop(timeout=1.0) == "quit over QMP"
+    assert vm.stop(timeout=0.5) == "quit over QMP"
     assert time.monotonic() - started < 10
     assert not vm.is_alive()
     assert not vm.qmp_socket.exists() and not vm.pid_file.exists()
