@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,20 +212,25 @@ def provision_script(distro: str) -> Path:
     return own if own.exists() else paths.IMAGES_DIR / "common" / "provision.sh"
 
 
+@contextmanager
+def packer_job(base: dict, ssh_key: Path, accel: str) -> Iterator[PackerJob]:
+    """A run of the installed Packer on `base`, in a work folder of its own (removed after)."""
+    with work_dir("packer-") as work:
+        yield PackerJob(base, work, ssh_key, accel, installed_version())
+
+
 def build(*, spec: dict, base_qcow2: Path, base_manifest: Path, ssh_key: Path, accel: str,
           qcow2: Path, manifest: Path) -> None:
     """Packer on the native base; the result replaces dist/<name>.qcow2 atomically."""
-    version = installed_version()
-    with work_dir("packer-") as work:
-        job = PackerJob({"kind": "native", "image": str(base_qcow2.resolve()), "sha256": sha256_file(base_qcow2)},
-                        work, ssh_key, accel, version)
+    native = {"kind": "native", "image": str(base_qcow2.resolve()), "sha256": sha256_file(base_qcow2)}
+    with packer_job(native, ssh_key, accel) as job:
         user, pubkey = spec["image"]["users"][0]["name"], ssh_key.with_suffix(".pub").read_text().strip()
         with atomic_path(job.ssh_keys, mode=0o600) as tmp:
             tmp.write_text(f"{user} {pubkey}\n")
         _run(spec, job, "booting the native base")
         record = json.loads(base_manifest.read_text())
-        _publish(work / "output" / qcow2.name, qcow2, manifest, lambda tmp: {
-            **record, "builder": {"name": "packer", "version": _dotted(version), "base": base_qcow2.name},
+        _publish(job.work / "output" / qcow2.name, qcow2, manifest, lambda tmp: {
+            **record, "builder": {"name": "packer", "version": _dotted(job.version), "base": base_qcow2.name},
             "outputs": image_manifest_outputs(record, tmp, qcow2.name)})
 
 
@@ -235,15 +242,12 @@ def image_manifest_outputs(record: dict, qcow2: Path, name: str) -> dict:
 def build_from_iso(*, spec: dict, iso: Path, inputs: ImageInputs, ssh_key: Path, accel: str,
                    qcow2: Path, manifest: Path) -> None:
     """Packer on Ubuntu's installer ISO (already fetched and checked): autoinstall, then the ClusterOS files."""
-    version = installed_version()
-    with work_dir("packer-") as work:
-        job = PackerJob({"kind": "iso", "url": str(iso.resolve()), "sha256": sha256_file(iso)},
-                        work, ssh_key, accel, version)
+    with packer_job({"kind": "iso", "url": str(iso.resolve()), "sha256": sha256_file(iso)}, ssh_key, accel) as job:
         prepare_iso_build(spec, job, inputs)
         _run(spec, job, f"installing {iso.name} unattended")
-        _publish(work / "output" / qcow2.name, qcow2, manifest, lambda tmp: image_manifest(
+        _publish(job.work / "output" / qcow2.name, qcow2, manifest, lambda tmp: image_manifest(
             name=inputs.name, image=inputs.image, epoch=image.source_epoch(),
-            builder={"name": "packer", "version": _dotted(version), "base": iso.name},
+            builder={"name": "packer", "version": _dotted(job.version), "base": iso.name},
             # Ubuntu's installer lays out the disk: no UUIDs of ours to record.
             disk={"size": disk.parse_size(inputs.image["disk_size"]), "root_fs_uuid": None, "disk_uuid": None},
             inputs=inputs.spec_inputs, qcow2=tmp, qcow2_name=qcow2.name, packages={},
