@@ -19,13 +19,13 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from clusteros import runner
 from clusteros.errors import ClusterOSError, UsageError
 from clusteros.installer import owner_part
+from clusteros.progress import Progress
 
 CHUNK = 4 * 2**20
 BLKFLSBUF = 0x1261   # linux/fs.h: drop the device's buffers, so reading back reads the medium
@@ -115,26 +115,6 @@ def refusal(disk: Disk, image_bytes: int, system: set[str], force: bool) -> str 
 # Writing and checking
 
 
-class Progress:
-    """One line on stderr: bytes written, rate, time left; redrawn in place on a terminal."""
-
-    def __init__(self, what: str, total: int):
-        self.what, self.total, self.started, self.shown = what, total, time.monotonic(), 0.0
-        self.tty = sys.stderr.isatty()
-
-    def update(self, done: int, final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and now - self.shown < (0.5 if self.tty else 10.0):
-            return
-        self.shown = now
-        rate = done / max(now - self.started, 1e-6)
-        left = (self.total - done) / rate if rate else 0
-        line = (f"[flash] {self.what}: {done / 2**20:.0f}/{self.total / 2**20:.0f} MiB, "
-                f"{rate / 2**20:.1f} MiB/s, {left:.0f} s left")
-        print(("\r" + line if self.tty else line) + ("\n" if final and self.tty else ""), end="" if self.tty else "\n",
-              file=sys.stderr, flush=True)
-
-
 def expected_sha256(sha_file: Path) -> tuple[str, int]:
     """The image's sha256 and size from `<name>-usb.img.sha256` (`<hex>  <name>  <bytes>`)."""
     try:
@@ -147,7 +127,7 @@ def expected_sha256(sha_file: Path) -> tuple[str, int]:
 def write(device: str, image_gz: Path, size: int, part: bytes | None) -> str:
     """Stream the image onto the device (and the owner's part after it); the sha256 of what was sent."""
     digest, done = hashlib.sha256(), 0
-    progress = Progress("writing", size)
+    progress = Progress("flash", "writing", size)
     fd = os.open(device, os.O_WRONLY | os.O_EXCL)   # O_EXCL: refused while anything holds the device
     try:
         with gzip.open(image_gz, "rb") as source:
@@ -176,7 +156,7 @@ def _write_all(fd: int, data: bytes) -> None:
 def read_back(device: str, size: int) -> str:
     """The sha256 of the device's first `size` bytes, as the medium holds them (not the page cache)."""
     digest, done = hashlib.sha256(), 0
-    progress = Progress("verifying", size)
+    progress = Progress("flash", "verifying", size)
     fd = os.open(device, os.O_RDONLY)
     try:
         fcntl.ioctl(fd, BLKFLSBUF, 0)

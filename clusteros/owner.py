@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-import sys
 import tarfile
-import time
 from pathlib import Path
 
 from clusteros import credentials
 from clusteros.errors import ClusterOSError, UsageError
+from clusteros.progress import Progress
 
 
 def _ssh_argv(spec: dict, via: str, command: str) -> list[str]:
@@ -46,45 +45,27 @@ def on_member(spec: dict, via: str, command: str, stdin: bytes | None = None) ->
 
 def _send_tar(spec: dict, via: str, command: str, directory: Path, names: tuple[str, ...]) -> int:
     """Stream `names` from `directory` as a tar into `command`'s stdin on the member, with progress."""
-    total = sum((directory / name).stat().st_size for name in names)
-    with subprocess.Popen(_ssh_argv(spec, via, command), stdin=subprocess.PIPE) as ssh:
-        sent = Progress(total)
-        with tarfile.open(fileobj=ssh.stdin, mode="w|") as tar:
-            for name in names:
-                info = tar.gettarinfo(directory / name, arcname=name)
-                with open(directory / name, "rb") as source:
-                    tar.addfile(info, sent.counting(source))
-        ssh.stdin.close()
-        sent.done()
-        return ssh.wait(timeout=300)
+    progress = Progress("serve-pxe", "sending the PXE set", sum((directory / n).stat().st_size for n in names))
+    sent = 0
 
-
-class Progress:
-    """One line on stderr: bytes sent of the whole, and the rate."""
-
-    def __init__(self, total: int):
-        self.total, self.sent, self.started, self.shown = total, 0, time.monotonic(), 0.0
-
-    def counting(self, source):
-        progress = self
-
+    def counted(source):
         class Counting:
             def read(self, size=-1):
+                nonlocal sent
                 data = source.read(size)
-                progress.add(len(data))
+                sent += len(data)
+                progress.update(sent)
                 return data
         return Counting()
 
-    def add(self, count: int) -> None:
-        self.sent += count
-        if time.monotonic() - self.shown >= 1 or self.sent == self.total:
-            self.shown = time.monotonic()
-            rate = self.sent / max(0.001, self.shown - self.started) / 2**20
-            print(f"\rclusteros: PXE set: {self.sent / 2**20:.0f} of {self.total / 2**20:.0f} MiB sent "
-                  f"({rate:.1f} MiB/s)", end="", file=sys.stderr, flush=True)
-
-    def done(self) -> None:
-        print(file=sys.stderr)
+    with subprocess.Popen(_ssh_argv(spec, via, command), stdin=subprocess.PIPE) as ssh:
+        with tarfile.open(fileobj=ssh.stdin, mode="w|") as tar:
+            for name in names:
+                with open(directory / name, "rb") as source:
+                    tar.addfile(tar.gettarinfo(directory / name, arcname=name), counted(source))
+        ssh.stdin.close()
+        progress.update(sent, final=True)
+        return ssh.wait(timeout=300)
 
 
 def approve(spec: dict, fingerprint: str, via: str = "1") -> int:
