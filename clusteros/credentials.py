@@ -8,7 +8,8 @@ In the state directory (0700, files 0600), beside the cluster secret and the tes
   cluster.secret.N.
 - credential-N.json: generation N's bundle as nodes receive it: the cluster's name, the
   generation, the secret, the SSH keys of users the spec gives none (the generated test
-  key), and the owner's signature over them (`ssh-keygen -Y sign`).
+  key), with network.wifi its network and key (clusteros.wifi), and the owner's signature
+  over them (`ssh-keygen -Y sign`).
 
 A credential reaches a node separately from the image: through QEMU's fw_cfg for test VMs,
 on the owner's USB stick, or from a member once the owner approved the node (enrollment).
@@ -22,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from clusteros import paths, runner
+from clusteros import wifi as wifi_mod
 from clusteros.atomic import atomic_path
 from clusteros.secrets import cluster_secret_path, owner_key_path, test_key_path
 
@@ -60,18 +62,33 @@ def bundle_path(spec: dict, number: int | None = None) -> Path:
     return paths.state_dir(spec["cluster"]["name"]) / f"credential-{number}.json"
 
 
-def ensure_bundle(spec: dict) -> Path:
-    """The current generation's signed credential, made once (0600)."""
-    number = generation(spec)
-    target = bundle_path(spec, number)
-    if target.exists():
-        return target
+def body_of(spec: dict, number: int) -> dict:
+    """What generation `number` of the credential says: the secret, SSH keys and, with network.wifi, its key."""
     body = {"cluster": spec["cluster"]["name"], "generation": number, "secret": secret_bytes(spec, number).hex(),
             "ssh_keys": keyless_users_keys(spec)}
+    wifi = wifi_mod.credential_part(spec)
+    return body | ({"wifi": wifi} if wifi else {})
+
+
+def ensure_bundle(spec: dict) -> Path:
+    """The current generation's signed credential (0600): signed again only when what it says changed
+    (network.wifi given, or its key), so that the same spec always hands nodes the same bytes."""
+    number = generation(spec)
+    target = bundle_path(spec, number)
+    body = body_of(spec, number)
+    if _says(target, body):
+        return target
     bundle = {"credential": body, "signature": sign(spec, signed_message(body))}
     with atomic_path(target, mode=0o600) as tmp:
         tmp.write_text(json.dumps(bundle, indent=2, sort_keys=True) + "\n")
     return target
+
+
+def _says(bundle: Path, body: dict) -> bool:
+    try:
+        return json.loads(bundle.read_text())["credential"] == body
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def sign(spec: dict, message: bytes) -> str:

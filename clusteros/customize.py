@@ -20,9 +20,10 @@ AGENT_DIR = "usr/local/lib/clusteros"
 UNITS_ENABLED = ["systemd-networkd.service", "systemd-resolved.service", "ssh.service",
                  "clusteros-identity.service", "clusteros-growroot.service", "clusteros-ssh-hostkeys.service"]
 # The node-agent starts the SLURM daemon of the node's role, and the storage node's NFS server,
-# database and slurmdbd; none starts by itself.
+# database and slurmdbd; none starts by itself. wpasupplicant's own D-Bus supplicant is for
+# desktops: clusteros-wifi@ runs one on the node's WLAN device.
 UNITS_DISABLED = ["slurmctld.service", "slurmd.service", "slurmdbd.service", "mariadb.service",
-                  "nfs-server.service"]
+                  "nfs-server.service", "wpa_supplicant.service"]
 OPTIONAL_UNITS = ["node-agent.service"]
 # Work a headless cluster node never needs, that costs it boot time, or reaches for the internet on its own.
 UNITS_MASKED = ["e2scrub_reap.service", "e2scrub_all.timer", "apt-daily.timer", "apt-daily-upgrade.timer",

@@ -55,15 +55,24 @@ def task_iso():
                       iso=dist("-installer.iso"))
 
 
-def _credential_part() -> None:
+def _credential_block() -> bytes:
     s = spec()
-    owner_part.write_block(dist("-usb-credential.bin"), owner_part.block(
-        credentials.ensure_bundle(s).read_bytes(), credentials.ssh_keys_text(s)))
+    return owner_part.block(credentials.ensure_bundle(s).read_bytes(), credentials.ssh_keys_text(s))
+
+
+def _credential_part() -> None:
+    owner_part.write_block(dist("-usb-credential.bin"), _credential_block())
+
+
+def _credential_part_current() -> bool:
+    """The owner's part says what the credential says now (a rotation, or network.wifi's key, changes it).
+    Compared, not hashed into doit's database: that would keep a digest of the key there."""
+    part = dist("-usb-credential.bin")
+    return part.exists() and part.read_bytes() == _credential_block()
 
 
 def task_usb():
     """USB installer dist/<name>-usb.img.gz (shareable) and the owner's credential part (0600) for their sticks."""
-    s = spec()
     return {"actions": [(media.build_usb, [], dict(iso=dist("-installer.iso"), usb_gz=dist("-usb.img.gz"),
                                                    usb_sha=dist("-usb.img.sha256"))),
                         _credential_part],
@@ -71,7 +80,7 @@ def task_usb():
                                                             "clusteros.credentials")],
             "task_dep": ["keys"],
             "targets": [dist("-usb.img.gz"), dist("-usb.img.sha256"), dist("-usb-credential.bin")],
-            "uptodate": [config_changed({"credential generation": credentials.generation(s)})], "clean": True}
+            "uptodate": [_credential_part_current], "clean": True}
 
 
 def _flash(device: str, yes: bool, credential: bool, force: bool) -> None:

@@ -100,14 +100,9 @@ def wifi_key_has_one_source(spec: dict, base_dir: Path) -> Iterable[Problem]:
                       "the WiFi key is read at build time from an environment variable or a 0600 file")
     elif "psk_file" in wifi:
         yield from missing_file("network.wifi.psk_file", wifi["psk_file"], base_dir)
-
-
-@check
-def wifi_is_not_built_yet(spec: dict, base_dir: Path) -> Iterable[Problem]:
-    """Refused rather than ignored: an image without a supplicant would leave a WiFi-only node out."""
-    if spec["network"].get("wifi") is not None:
-        yield Problem("network.wifi", "WiFi is not built in this version: the image has no supplicant, so a node "
-                      "with only WiFi would never join", "give the nodes a wired cluster LAN and leave network.wifi out")
+    if len(wifi["ssid"].encode()) > 32:
+        yield Problem("network.wifi.ssid", f"{len(wifi['ssid'].encode())} bytes in UTF-8: an SSID has at most 32",
+                      "give the network's name exactly as the access point broadcasts it")
 
 
 # --------------------------------------------------------------------------

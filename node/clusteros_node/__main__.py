@@ -6,6 +6,7 @@
     clusteros-node rotate < BUNDLE         take a new credential the owner signed, and hand it on
     clusteros-node receive-pxe < SET.tar   take a PXE set (`doit pxe`) into /srv/clusteros/pxe
     clusteros-node serve-pxe [--boot ram]  netboot the machines of this LAN from it (until stopped)
+    clusteros-node wifi DEVICE             join network.wifi on DEVICE, if it is this node's (clusteros-wifi@)
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("forget", help="forget a member that is gone for good").add_argument("name")
     sub.add_parser("rotate", help="take a new credential (the owner's, from stdin) and hand it on")
     _pxe_parsers(sub)
+    sub.add_parser("wifi", help="become wpa_supplicant on DEVICE, if it is this node's WLAN device "
+                   "(clusteros-wifi@DEVICE.service runs it)").add_argument("device")
     return p
 
 
@@ -97,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         return ask({"rotate": sys.stdin.read()})
     if args.command in ("receive-pxe", "serve-pxe"):
         return serve_pxe(args)
+    if args.command == "wifi":
+        from clusteros_node import wifi
+        return wifi.run(args.device, load_spec(args.spec)["cluster"]["name"])
     from clusteros_node import daemon
     from clusteros_node.places import Places
     places = Places.under(args.root) if args.root else Places()

@@ -24,6 +24,7 @@ from pathlib import Path
 from clusteros_node import addressing, control, election, enroll, firewall, messages, slurm, system, timesync, transfer
 from clusteros_node import accounting as accounting_mod
 from clusteros_node import credential as credential_mod
+from clusteros_node import wifi
 from clusteros_node import home as home_mod
 from clusteros_node import k3s as k3s_mod
 from clusteros_node import validate, wireguard
@@ -397,6 +398,8 @@ class Agent:
             targets = {name: b.wg_ip for name, b in self.registry.bindings.items()
                        if name != self.me.name and name in {m.name for m in self.registry.live()}}
         log(f"credential: generation {new.generation} ({new.fingerprint}) replaces {old.generation}")
+        if self.apply_system and new.wifi != old.wifi:
+            log(f"credential: a new WiFi key, for {wifi.follow(new, self.places, restart=True) or 'no WLAN device here'}")
         reached = [name for name, ip in sorted(targets.items()) if hand_on and self._push(name, ip, raw)]
         return f"generation {new.generation} here" + (f", and handed to {', '.join(reached)}" if reached else "")
 

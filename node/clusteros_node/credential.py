@@ -45,6 +45,7 @@ class Credential:
     secret: bytes
     ssh_keys: dict[str, list[str]]
     raw: bytes                       # the signed bundle, as received: what a member hands on
+    wifi: dict | None = None         # network.wifi's ssid, country and derived 256-bit key (psk, hex)
 
     @property
     def announce_key(self) -> bytes:
@@ -69,7 +70,7 @@ def parse(raw: bytes, cluster: str, owner_key: Path = OWNER_KEY) -> Credential:
         bundle = json.loads(raw)
         body, signature = bundle["credential"], bundle["signature"]
         name, generation, secret = body["cluster"], body["generation"], bytes.fromhex(body["secret"])
-        ssh_keys = body.get("ssh_keys", {})
+        ssh_keys, wifi = body.get("ssh_keys", {}), body.get("wifi")
     except (ValueError, KeyError, TypeError, AttributeError):
         raise BadCredential("not a credential bundle") from None
     if name != cluster:
@@ -78,8 +79,10 @@ def parse(raw: bytes, cluster: str, owner_key: Path = OWNER_KEY) -> Credential:
         raise BadCredential("a credential with a bad generation, secret or signature")
     if not _keys_ok(ssh_keys):
         raise BadCredential("a credential with malformed SSH keys")
+    if wifi is not None and not _wifi_ok(wifi):
+        raise BadCredential("a credential with a malformed WiFi network")
     verify(signed_message(body), signature, owner_key)
-    return Credential(name, generation, secret, ssh_keys, raw)
+    return Credential(name, generation, secret, ssh_keys, raw, wifi)
 
 
 USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
@@ -90,6 +93,21 @@ def _keys_ok(ssh_keys) -> bool:
         isinstance(user, str) and USER.fullmatch(user) and isinstance(keys, list)
         and all(isinstance(k, str) and "\n" not in k and k.startswith(("ssh-", "ecdsa-", "sk-")) for k in keys)
         for user, keys in ssh_keys.items())
+
+
+WIFI_KEYS = {"ssid", "psk", "country"}
+
+
+def _wifi_ok(wifi) -> bool:
+    """An SSID of 1 to 32 bytes, a 256-bit key in hex, a two-letter country: nothing else."""
+    if not (isinstance(wifi, dict) and set(wifi) == WIFI_KEYS and all(isinstance(v, str) for v in wifi.values())):
+        return False
+    try:
+        ssid_bytes = len(wifi["ssid"].encode())
+    except UnicodeEncodeError:   # JSON can carry a lone surrogate, which no SSID is
+        return False
+    return (1 <= ssid_bytes <= 32 and re.fullmatch(r"[0-9a-f]{64}", wifi["psk"]) is not None
+            and re.fullmatch(r"[A-Z]{2}", wifi["country"]) is not None)
 
 
 def verify(message: bytes, signature: str, owner_key: Path = OWNER_KEY) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from clusteros_node import agent, identity, lanaddr, system
 from clusteros_node import credential as credential_mod
+from clusteros_node import wifi
 from clusteros_node.candidate import Candidate
 from clusteros_node.places import Places
 
@@ -58,5 +59,6 @@ def start(spec: dict, places: Places, apply_system: bool = True) -> int:
         return Candidate(spec, me, places, why, apply_system).run()
     if apply_system:
         install_ssh_keys(credential, places)
+        wifi.follow(credential, places)   # a no-op where it joined at boot
     agent.Agent(spec, me, credential, places, apply_system).run()
     return 0

@@ -36,7 +36,7 @@ BROKEN = [
     ("wg-port", OK + "network: {wireguard: {port: 70000}}\n", "network.wireguard.port (line 2): 70000 is out of range"),
     ("wifi-inline-psk", OK + "network: {wifi: {ssid: lab, psk: hunter2}}\n", "network.wifi.psk (line 2): unknown key\n    hint: a WiFi key never goes in cluster.yaml"),
     ("wifi-no-psk-source", OK + "network: {wifi: {ssid: lab}}\n", "network.wifi (line 2): needs exactly one of psk_env or psk_file"),
-    ("wifi-not-built", OK + "network: {wifi: {ssid: lab, psk_env: LAB_PSK}}\n", "network.wifi (line 2): WiFi is not built in this version"),
+    ("wifi-ssid-bytes", OK + "network: {wifi: {ssid: ÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄ, psk_env: LAB_PSK}}\n", "network.wifi.ssid (line 2): 34 bytes in UTF-8: an SSID has at most 32"),
     ("wifi-psk-file-missing", OK + "network: {wifi: {ssid: lab, psk_file: /nonexistent/psk}}\n", "network.wifi.psk_file (line 2): '/nonexistent/psk' does not exist"),
     ("k3s-url-without-sha", OK + "services: {k3s: {url: 'http://example.invalid/k3s'}}\n", "services.k3s.sha256 (line 2): is required with url or file"),
     ("k3s-bad-sha", OK + "services: {k3s: {sha256: xyz}}\n", "services.k3s.sha256 (line 2): 'xyz' is not a sha256 hex digest"),
