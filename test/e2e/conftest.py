@@ -5,17 +5,20 @@ cluster.yaml), in dist/e2e/ rather than the user's dist/, so that they never
 touch a cluster the user is running (a taken port is a clear error instead).
 They share the user's rootfs cache: a warm cache makes them fast.
 
-One change to the shipped spec: K3s is enabled, from a release mirror on
+Two changes to the shipped spec. K3s is enabled, from a release mirror on
 127.0.0.1 that stands in for GitHub (unreachable here) and publishes
 test/e2e/k3s_standin.py as the release's k3s binary, with its sha256sum file.
 So the default K3s path runs for real: the release is fetched and checked, the
-image carries it, and the node-agent starts it in each node's role.
+image carries it, and the node-agent starts it in each node's role. And network.wifi is
+set (its passphrase in dist/e2e/wifi.psk): every credential carries the network's key, and
+test_cluster_over_wifi.py has a node join the cluster over it.
 """
 
 import hashlib
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -50,13 +53,37 @@ def k3s_mirror():
         yield f"{url.rstrip('/')}/{digest[:12]}"
 
 
+WIFI = {"ssid": "clusteros-e2e", "country": "DE"}   # DE, not the default: the test sees it was set
+WIFI_PSK_FILE = "wifi.psk"                          # beside the e2e spec: a relative path, as a user's
+
+
 def e2e_spec_text(mirror: str) -> str:
-    """The shipped cluster.yaml with K3s enabled from `mirror`."""
+    """The shipped cluster.yaml with K3s enabled from `mirror`, and network.wifi (a node joins over it)."""
     text = (ROOT / "cluster.yaml").read_text()
     enabled, count = re.subn(r"(\n  k3s:\n(?:    #.*\n)*)    enabled: false\n",
                              rf"\1    enabled: true\n    release_url: {mirror}\n", text)
     assert count == 1, "cluster.yaml's services.k3s block changed: update e2e_spec_text"
-    return enabled
+    wifi = f"  wifi:\n    ssid: {WIFI['ssid']}\n    psk_file: {WIFI_PSK_FILE}\n    country: {WIFI['country']}\n"
+    with_wifi, count = re.subn(r"\nnetwork:\n", lambda found: found.group(0) + wifi, enabled)
+    assert count == 1, "cluster.yaml's network block changed: update e2e_spec_text"
+    return with_wifi
+
+
+def relocatable(spec_text: str) -> str:
+    """The e2e spec's text for a copy kept elsewhere: its WiFi key file named absolutely."""
+    relative = f"    psk_file: {WIFI_PSK_FILE}\n"
+    assert relative in spec_text
+    return spec_text.replace(relative, f"    psk_file: {DIST.resolve() / WIFI_PSK_FILE}\n")
+
+
+def ensure_wifi_passphrase(folder: Path) -> Path:
+    """The e2e network's passphrase (0600), made once: a secret like any other, which no image may hold."""
+    path = folder / WIFI_PSK_FILE
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24) + "\n")
+    return path
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -68,6 +95,7 @@ def e2e_dist(k3s_mirror):
     DIST.mkdir(parents=True, exist_ok=True)
     spec_file = DIST / "cluster.yaml"
     spec_file.write_text(e2e_spec_text(k3s_mirror))
+    ensure_wifi_passphrase(DIST)
     patch = pytest.MonkeyPatch()
     patch.chdir(ROOT)
     patch.setenv("CLUSTEROS_DIST", str(DIST.relative_to(ROOT)))
@@ -125,6 +153,20 @@ def agent_status(node) -> dict:
     status = json.loads(node.succeed("clusteros-node status --json || true"))
     assert "error" not in status, f"{node.name}: {status['error']}"   # not running yet: retried
     return status
+
+
+def forget_everywhere(running, name: str) -> None:
+    """A machine gone for good: every member that knows it forgets it, and then none lists it."""
+    for node in running:
+        forget = node.execute(f"sudo clusteros-node forget {name}")
+        assert forget.status == 0 or "not a member this node knows" in forget.stderr, forget
+
+    def forgotten() -> None:
+        for node in running:
+            status = agent_status(node)
+            assert name not in [m["name"] for m in status["members"]], f"{node.name} still lists {name}"
+            assert name not in [p["name"] for p in status["pending"]], f"{node.name} still shows {name} asking"
+    running.retry(forgotten, 30)
 
 
 def untouched(disk: Path) -> bool:

@@ -23,7 +23,7 @@ from clusteros.vm.layout import layout
 from clusteros_node import k3s
 from clusteros_node.agent import ROTATION_GRACE
 
-from .conftest import DIST, agent_status, doit, pids, untouched
+from .conftest import DIST, agent_status, doit, forget_everywhere, pids, untouched
 from .test_cluster import payload_for, send
 from .test_cluster_compute import cpu_count
 
@@ -61,19 +61,9 @@ def stranger(running, spec):
     yield lifecycle.node_handle(spec, vm, acc.scale(1.0))
     machine.stop(30)
     assert untouched(disk), "running from RAM, it wrote nothing to its disk"
-    for node in running:   # a machine gone for good: every member that knows it forgets it
-        forget = node.execute("sudo clusteros-node forget node4")
-        assert forget.status == 0 or "not a member this node knows" in forget.stderr, forget
-    running.retry(lambda: _forgotten(running, "node4"), 30)
+    forget_everywhere(running, "node4")
     assert clusteros(["serve-pxe", "--stop"]) == 0
     os.remove(disk)
-
-
-def _forgotten(running, name: str) -> None:
-    for node in running:
-        status = agent_status(node)
-        assert name not in [m["name"] for m in status["members"]], f"{node.name} still lists {name}"
-        assert name not in [p["name"] for p in status["pending"]], f"{node.name} still shows {name} asking"
 
 
 def test_a_machine_without_the_credential_waits_and_joins_only_once_approved(running, stranger):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from clusteros import accel, credentials, secrets
+from clusteros import accel, credentials, secrets, wifi
 from clusteros.cli import main as clusteros
 from clusteros.spec import load_spec
 from clusteros.vm import ports, qemu
@@ -35,7 +35,7 @@ from clusteros.vm.ssh import SSHTarget
 from clusteros_node import k3s, messages, slurm
 
 from ..secret_scan import Needles, scan
-from .conftest import DIST, doit, untouched
+from .conftest import DIST, doit, relocatable, untouched
 
 pytestmark = pytest.mark.e2e
 
@@ -60,7 +60,7 @@ def handle(machine: Machine, spec: dict, port: int | None = None) -> Node:
 @pytest.fixture(scope="module")
 def unattended_spec(tmp_path_factory) -> Path:
     """The e2e spec, but unattended: what a fleet operator sets."""
-    text = Path(os.environ["CLUSTEROS_SPEC"]).read_text()
+    text = relocatable(Path(os.environ["CLUSTEROS_SPEC"]).read_text())
     assert "  unattended: false\n" in text
     path = tmp_path_factory.mktemp("spec") / "cluster.yaml"
     path.write_text(text.replace("  unattended: false\n", "  unattended: true\n"))
@@ -332,7 +332,8 @@ def test_the_owners_stick_gives_its_machine_the_credential_and_a_test_vm_keeps_i
 
 def secrets_of(spec: dict) -> Needles:
     """Every generation's cluster secret and what derives from it, the owner's and the test key's
-    private halves, and the test key's public half (no image may let it in)."""
+    private halves, the test key's public half (no image may let it in), and the WiFi passphrase and
+    the key derived from it."""
     needles = Needles({"test public key": secrets.test_key_path(spec).with_suffix(".pub").read_text().split()[1].encode()})
     needles |= Needles.for_private_key("test private key", secrets.test_key_path(spec))
     needles |= Needles.for_private_key("owner private key", secrets.owner_key_path(spec))
@@ -342,6 +343,10 @@ def secrets_of(spec: dict) -> Needles:
         needles |= Needles.for_secret(f"munge key {number}", slurm.munge_key(secret))
         needles |= Needles.for_secret(f"announce key {number}", messages.announce_key(secret))
         needles |= Needles({f"k3s token {number}": k3s.token(secret).encode()})
+    if wifi_spec := spec["network"].get("wifi"):
+        passphrase = wifi.read_passphrase(wifi_spec)[1]
+        needles |= Needles({"WiFi passphrase": passphrase.encode()})
+        needles |= Needles.for_secret("WiFi key", bytes.fromhex(wifi.derive_psk(wifi_spec["ssid"], passphrase)))
     return needles
 
 
@@ -355,6 +360,8 @@ def test_no_shareable_artifact_holds_a_secret_or_the_test_key(installers):
     assert found.read_bytes > 2 * 2**30, "the disks' data was read, not just their headers"
     part = DIST / "democluster-usb-credential.bin"
     assert part.stat().st_mode & 0o777 == 0o600
-    assert any(f.endswith("(hex)") and ": secret " in f for f in scan([part], needles).findings), \
+    in_part = scan([part], needles).findings
+    assert any(f.endswith("(hex)") and ": secret " in f for f in in_part), \
         "the owner's part holds the credential: the scan would see a leak"
+    assert any(f.endswith(": WiFi key (hex)") for f in in_part), "and the WiFi key, so a node joins the network"
     assert credentials.generation(spec) >= 1
