@@ -100,11 +100,12 @@ def _plumb(spec: dict, number: int) -> None:
        "dev", inside)
 
 
-def start(size: int, work: Path) -> Rack:
+def start(size: int, work: Path, controller_grace: int = 90) -> Rack:
     stop(size)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    spec = node_view(check_spec_data(f"cluster: {{name: rack}}\nnodes: {{count: {size}}}\n"
+    spec = node_view(check_spec_data(f"cluster: {{name: rack, controller_grace: {controller_grace}}}\n"
+                                     f"nodes: {{count: {size}}}\n"
                                      "services: {slurm: {enabled: false}, k3s: {enabled: false}}\n".encode(),
                                      "rack", work))
     (work / "spec.json").write_text(json.dumps(spec))

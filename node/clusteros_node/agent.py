@@ -236,7 +236,7 @@ class Agent:
             current=self.controller, silent_for=self.registry.silent_for(),
             marked=tuple(n["name"] for n in self.spec["nodes"] if n["role"] == "controller"),
             listed=tuple(n["name"] for n in self.spec["nodes"]), up_for=time.monotonic() - self.started)
-        chosen = election.choose(view)
+        chosen = election.choose(view, grace=float(self.spec["cluster"]["controller_grace"]))
         if chosen != self.controller:
             log(f"controller: {chosen}")
             self.controller = chosen
