@@ -64,12 +64,14 @@ def grub_config(name: str, config: dict[str, str]) -> str:
 
 
 def ipxe_script(name: str, config: dict[str, str]) -> str:
-    """PXE menu: install to the disk, unattended or asking. vmlinuz and initrd.img load relative
-    to the script; the installer fetches the image itself, from the TFTP server by default."""
+    """PXE menu: install to the disk, unattended or asking. vmlinuz and initrd.img load from
+    ${boot-url}, which is unset here (iPXE expands it to nothing): relative to the script. The
+    installer fetches the image itself, from the TFTP server by default."""
     return "\n".join([
         "#!ipxe",
         f"# {name}: made by `doit pxe`. Serve this directory over TFTP (see dnsmasq.conf.example).",
-        "# Over HTTP instead (much faster): set image-url http://<server>/<path>/image.data.gz",
+        "# Over HTTP instead (much faster): set boot-url http://<server>/<path>/ and",
+        "# set image-url ${boot-url}image.data.gz (`clusteros-node serve-pxe` sets both).",
         "set image-url tftp://${next-server}/image.data.gz",
         f"set install {config['INSTALL']}",
         f"menu ClusterOS {name}",
@@ -85,8 +87,8 @@ def ipxe_script(name: str, config: dict[str, str]) -> str:
         ":ask",
         "set install ask",
         ":install",
-        f"kernel vmlinuz {CONSOLES} quiet clusteros.install=${{install}} clusteros.image=${{image-url}}",
-        "initrd initrd.img",
+        f"kernel ${{boot-url}}vmlinuz {CONSOLES} quiet clusteros.install=${{install}} clusteros.image=${{image-url}}",
+        "initrd ${boot-url}initrd.img",
         "boot",
         ":shell",
         "shell",

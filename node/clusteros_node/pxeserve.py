@@ -58,8 +58,13 @@ class Plan:
     http_port: int = HTTP_PORT
 
     @property
+    def boot_url(self) -> str:
+        """Where netbooted machines get the kernel, initrd and image: this node's HTTP server."""
+        return f"http://{self.lan.address}:{self.http_port}/"
+
+    @property
     def image_url(self) -> str:
-        return f"http://{self.lan.address}:{self.http_port}/image.data.gz"
+        return f"{self.boot_url}image.data.gz"
 
 
 def check_set(directory: Path) -> None:
@@ -103,16 +108,18 @@ def _unpack(stream, into: Path) -> None:
             (into / name).chmod(0o644)
 
 
-def served_script(script: str, image_url: str, boot: str) -> str:
-    """The set's boot.ipxe with this node's image URL and the boot asked for as the default: the
-    first `set image-url` and `set install` lines, which come before the menu (its entries set
-    `install` again, each to its own)."""
+def served_script(script: str, plan: Plan) -> str:
+    """The set's boot.ipxe for this node: the kernel, initrd and image over HTTP from here (TFTP
+    from an emulated or busy node takes tens of seconds for the kernel alone), and the boot asked
+    for as the default. It rewrites the first `set image-url` and `set install` lines, which come
+    before the menu (its entries set `install` again, each to its own), and sets boot-url first."""
     lines = script.splitlines()
-    for key, value in (("image-url", image_url), ("install", boot)):
+    for key, value in (("image-url", plan.image_url), ("install", plan.boot)):
         at = next((i for i, line in enumerate(lines) if line.startswith(f"set {key} ")), None)
         if at is None:
             raise ServeError(f"boot.ipxe has no `set {key}` line: is it from `doit pxe`?")
         lines[at] = f"set {key} {value}"
+    lines.insert(1, f"set boot-url {plan.boot_url}")
     return "\n".join(lines) + "\n"
 
 
@@ -126,7 +133,7 @@ def prepare(set_dir: Path, served: Path, plan: Plan) -> None:
     for name in SET_FILES:
         if name != "boot.ipxe":
             (served / name).symlink_to(set_dir.resolve() / name)
-    text = served_script((set_dir / "boot.ipxe").read_text(), plan.image_url, plan.boot)
+    text = served_script((set_dir / "boot.ipxe").read_text(), plan)
     (served / "boot.ipxe").write_text(text)
     (served / "boot.ipxe").chmod(0o644)
 

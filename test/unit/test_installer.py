@@ -91,7 +91,8 @@ def test_ipxe_script_loads_relative_to_itself_and_names_the_image():
     config = settings.installer_config({"unattended": True, "target": "auto", "on_done": "reboot"}, MANIFEST, a_payload())
     script = settings.ipxe_script("lab", config)
     assert script.startswith("#!ipxe\n")
-    assert "kernel vmlinuz " in script and "initrd initrd.img" in script
+    assert "kernel ${boot-url}vmlinuz " in script and "initrd ${boot-url}initrd.img" in script
+    assert not [line for line in script.splitlines() if line.startswith("set boot-url")], "unset: iPXE makes it nothing, so both load relative to the script"
     assert "clusteros.image=${image-url}" in script and "tftp://${next-server}/image.data.gz" in script
 
 

@@ -30,12 +30,15 @@ def make_set(directory: Path) -> Path:
 # -- pure parts -----------------------------------------------------------------------------
 
 def test_the_served_script_points_at_this_node_and_boots_what_was_asked():
-    script = pxeserve.served_script(ipxe_script("rack", CONFIG), "http://10.42.0.11:8069/image.data.gz", "ram")
-    assert "set image-url http://10.42.0.11:8069/image.data.gz" in script.splitlines()
-    assert "set install ram" in script.splitlines()
-    assert script.splitlines().index("set install ram") < script.splitlines().index(":ram"), "the default, first"
+    plan = pxeserve.Plan(pxeserve.Lan("eth0", "10.42.0.11", "10.42.0.0/24", None), "10.42.0.0,proxy", "ram")
+    lines = pxeserve.served_script(ipxe_script("rack", CONFIG), plan).splitlines()
+    assert lines[:2] == ["#!ipxe", "set boot-url http://10.42.0.11:8069/"], "kernel and initrd over HTTP"
+    assert "set image-url http://10.42.0.11:8069/image.data.gz" in lines
+    assert "set install ram" in lines
+    assert lines.index("set install ram") < lines.index(":ram"), "the default, first"
+    assert "initrd ${boot-url}initrd.img" in lines and any(line.startswith("kernel ${boot-url}vmlinuz ") for line in lines)
     with pytest.raises(pxeserve.ServeError, match="no `set image-url` line"):
-        pxeserve.served_script("#!ipxe\nboot\n", "http://x/", "ram")
+        pxeserve.served_script("#!ipxe\nboot\n", plan)
 
 
 def test_the_lease_range_sits_above_the_nodes_and_a_wrong_one_is_refused():
