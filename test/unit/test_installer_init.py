@@ -218,3 +218,15 @@ def test_a_long_step_says_how_far_it_is_as_its_measure_counts(machine):
     said = [line for line in lines if line.startswith("clusteros-installer: writing ")]
     assert said and said[-1] == "clusteros-installer: writing 3 of 3 MiB", said
     assert len({line for line in said}) > 1, "it moves"
+
+
+def test_a_measure_with_nothing_to_count_says_nothing(machine):
+    """The RAM load's measure follows gunzip: before it starts and once it is gone, no "0 of N MiB"."""
+    script = ("MIB=1048576 PROGRESS_EVERY=0.05\n"
+              f"counted() {{ [ -e {machine.root}/reading ] && echo $(( 2 * MIB )); return 0; }}\n"
+              f"work() {{ sleep 0.1; touch {machine.root}/reading; sleep 0.2; rm {machine.root}/reading; sleep 0.2; }}\n"
+              "with_progress loading $(( 4 * MIB )) counted -- work && echo ok")
+    lines = machine.run(script).stdout.splitlines()
+    assert lines[-1] == "ok"
+    said = [line for line in lines if line.startswith("clusteros-installer: loading ")]
+    assert said and set(said) == {"clusteros-installer: loading 2 of 4 MiB"}, said
