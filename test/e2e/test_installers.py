@@ -322,6 +322,19 @@ def test_pxe_set_has_what_a_boot_server_needs(installers):
     assert installers["pxe"].joinpath("boot.ipxe").read_text().startswith("#!ipxe")
 
 
+# PC hardware QEMU cannot emulate here (QEMU 7.2 has no igb, none has r8169): the installer must at least
+# carry their drivers. The installs above boot on AHCI, NVMe, USB storage (xHCI), e1000e and virtio.
+PC_DRIVERS = {"ahci", "nvme", "sd_mod", "sr_mod", "usb-storage", "uas", "xhci-pci", "e1000e", "igb", "r8169", "tg3",
+              "virtio_net", "virtio_blk"}
+
+
+def test_the_installer_carries_the_drivers_of_common_pc_disks_and_nics(installers):
+    listing = subprocess.run(f"gunzip -c {installers['pxe'] / 'initrd.img'} | cpio -t --quiet", shell=True,
+                             capture_output=True, text=True, check=True).stdout.split()
+    carried = {Path(name).name.removesuffix(".ko") for name in listing if name.endswith(".ko")}
+    assert PC_DRIVERS <= carried, f"missing: {sorted(PC_DRIVERS - carried)}"
+
+
 def test_the_owners_stick_gives_its_machine_the_credential_and_a_test_vm_keeps_it_off_disk(installed, installs):
     usb, iso = installs["usb"].node, installs["iso"].node
     assert usb.succeed("sudo stat -c '%a %U' /var/lib/clusteros/credential.json").strip() == "600 root"
