@@ -49,17 +49,26 @@ def test_the_passphrase_comes_from_the_environment_or_a_0600_file(tmp_path, monk
     assert wifi.read_passphrase({"ssid": "lab", "psk_file": str(key)}) == ("network.wifi.psk_file", "correct horse")
 
 
+@pytest.fixture(scope="module")
+def state(tmp_path_factory):
+    """A state folder with the owner's and the test key, made once for the module (ssh-keygen is
+    the slow part); each test's credential is signed afresh as its spec asks."""
+    folder = tmp_path_factory.mktemp("state")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CLUSTEROS_STATE_DIR", str(folder))
+        secrets.ensure_all(load_spec(ROOT / "cluster.yaml"))
+    return folder
+
+
 @pytest.fixture
-def wifi_spec(tmp_path, monkeypatch):
-    """The shipped spec with network.wifi, and a state dir of its own with the owner's keys."""
-    monkeypatch.setenv("CLUSTEROS_STATE_DIR", str(tmp_path / "state"))
+def wifi_spec(state, tmp_path, monkeypatch):
+    """The shipped spec with network.wifi, on the module's state folder."""
+    monkeypatch.setenv("CLUSTEROS_STATE_DIR", str(state))
     monkeypatch.setenv("LAB_PSK", "correct horse battery")
     text = (ROOT / "cluster.yaml").read_text() + "\n"
     spec_file = tmp_path / "cluster.yaml"
     spec_file.write_text(text.replace("\nnetwork:\n", "\nnetwork:\n  wifi: {ssid: lab-net, psk_env: LAB_PSK, country: DE}\n"))
-    spec = load_spec(spec_file)
-    secrets.ensure_all(spec)
-    return spec
+    return load_spec(spec_file)
 
 
 def test_the_credential_carries_the_derived_key_and_is_signed_again_only_when_it_changes(wifi_spec, monkeypatch):
