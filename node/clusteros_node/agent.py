@@ -399,7 +399,9 @@ class Agent:
                        if name != self.me.name and name in {m.name for m in self.registry.live()}}
         log(f"credential: generation {new.generation} ({new.fingerprint}) replaces {old.generation}")
         if self.apply_system and new.wifi != old.wifi:
-            log(f"credential: a new WiFi key, for {wifi.follow(new, self.places, restart=True) or 'no WLAN device here'}")
+            device = wifi.follow(new, self.places, restart=True)
+            log("credential: its WiFi network changed; "
+                + (f"clusteros-wifi@{device} restarted" if device else "no WLAN device here"))
         reached = [name for name, ip in sorted(targets.items()) if hand_on and self._push(name, ip, raw)]
         return f"generation {new.generation} here" + (f", and handed to {', '.join(reached)}" if reached else "")
 

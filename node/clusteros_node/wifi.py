@@ -97,9 +97,10 @@ def prepare(interface: str, cluster: str, places: Places = Places(), sys_net: Pa
 def follow(credential: credential_mod.Credential, places: Places, restart: bool = False,
            sys_net: Path = SYS_NET) -> str | None:
     """Join with a credential the node took while running (approved, or a rotation that changed the
-    key): start clusteros-wifi@ on the node's WLAN device, which at boot found no key and exited;
-    `restart` for a changed one. Returns that device, or None when there is nothing to join."""
-    device = chosen(wlan_devices(sys_net), lan_mac(places)) if credential.wifi else None
+    network): start clusteros-wifi@ on the node's WLAN device, which at boot found no key and
+    exited; `restart` for a changed network, or one the credential no longer names (the unit then
+    says so and exits, which stops the supplicant). Returns that device, or None for nothing to do."""
+    device = chosen(wlan_devices(sys_net), lan_mac(places)) if credential.wifi or restart else None
     if device:
         system.run("systemctl", "--no-block", "restart" if restart else "start", f"clusteros-wifi@{device}.service",
                    check=False)

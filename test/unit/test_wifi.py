@@ -176,3 +176,6 @@ def test_a_credential_taken_while_running_starts_the_supplicant_and_a_new_key_re
     assert node_wifi.follow(without, places, sys_net=net) is None
     assert node_wifi.follow(with_wifi, places, sys_net=fake_net(tmp_path / "wired", {})) is None
     assert len(calls.read_text().splitlines()) == 2, "nothing to join: no systemctl"
+    assert node_wifi.follow(without, places, restart=True, sys_net=net) == "wlan1", \
+        "a rotation that drops the network restarts the unit, which then stops the supplicant"
+    assert calls.read_text().splitlines()[-1] == "--no-block restart clusteros-wifi@wlan1.service"
