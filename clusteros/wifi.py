@@ -53,9 +53,9 @@ def derive_psk(ssid: str, passphrase: str, place: str = "network.wifi") -> str:
     """The 256-bit WPA2 key: a 64-digit hex key as given, or derived from an 8 to 63 character passphrase."""
     if HEX_KEY.fullmatch(passphrase):
         return passphrase.lower()
-    if not 8 <= len(passphrase) <= 63 or any(not 32 <= ord(c) <= 126 for c in passphrase):
+    unprintable = any(not 32 <= ord(c) <= 126 for c in passphrase)
+    if not 8 <= len(passphrase) <= 63 or unprintable:
         raise UsageError(f"{place}: a WPA2 passphrase is 8 to 63 printable ASCII characters "
-                         f"(this one has {len(passphrase)} characters"
-                         f"{', some not printable ASCII' if any(not 32 <= ord(c) <= 126 for c in passphrase) else ''})",
+                         f"(this one has {len(passphrase)} characters{', some not printable ASCII' if unprintable else ''})",
                          fix="give the network's passphrase, or its 64-digit hex key")
     return hashlib.pbkdf2_hmac("sha1", passphrase.encode("ascii"), ssid.encode("utf-8"), 4096, 32).hex()

@@ -100,8 +100,8 @@ def wifi_key_has_one_source(spec: dict, base_dir: Path) -> Iterable[Problem]:
                       "the WiFi key is read at build time from an environment variable or a 0600 file")
     elif "psk_file" in wifi:
         yield from missing_file("network.wifi.psk_file", wifi["psk_file"], base_dir)
-    if len(wifi["ssid"].encode()) > 32:
-        yield Problem("network.wifi.ssid", f"{len(wifi['ssid'].encode())} bytes in UTF-8: an SSID has at most 32",
+    if (ssid_bytes := len(wifi["ssid"].encode())) > 32:
+        yield Problem("network.wifi.ssid", f"{ssid_bytes} bytes in UTF-8: an SSID has at most 32",
                       "give the network's name exactly as the access point broadcasts it")
 
 

@@ -41,10 +41,8 @@ def wlan_devices(sys_net: Path = SYS_NET) -> dict[str, str]:
 
 def chosen(devices: dict[str, str], lan_mac: str | None) -> str | None:
     """The node's WLAN device: the one carrying its LAN MAC, else the first by name."""
-    for name, mac in devices.items():
-        if lan_mac and mac == lan_mac:
-            return name
-    return min(devices) if devices else None
+    carrying = [name for name, mac in devices.items() if lan_mac and mac == lan_mac]
+    return carrying[0] if carrying else min(devices, default=None)
 
 
 def supplicant_config(wifi: dict) -> str:
@@ -86,11 +84,7 @@ def prepare(interface: str, cluster: str, places: Places = Places(), sys_net: Pa
         raise NoWifi("the credential holds no WiFi network (network.wifi is not in cluster.yaml)")
     config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     target = config_dir / f"{interface}.conf"
-    tmp = target.with_name(f".{target.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(supplicant_config(credential.wifi))
-    os.replace(tmp, target)
+    system.write_if_changed(target, supplicant_config(credential.wifi).encode(), mode=0o600)
     return target
 
 

@@ -155,6 +155,11 @@ def agent_status(node) -> dict:
     return status
 
 
+def live_member(status: dict, name: str) -> None:
+    """`name` is a live member in this agent status (for retry: an AssertionError until it is)."""
+    assert name in [m["name"] for m in status["members"] if m["live"]], status["members"]
+
+
 def forget_everywhere(running, name: str) -> None:
     """A machine gone for good: every member that knows it forgets it, and then none lists it."""
     for node in running:

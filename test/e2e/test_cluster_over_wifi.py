@@ -30,7 +30,7 @@ from clusteros.vm import qemu
 from clusteros.vm.layout import layout
 
 from . import archive
-from .conftest import DIST, ROOT, WIFI, agent_status, doit, forget_everywhere, relocatable
+from .conftest import DIST, ROOT, WIFI, agent_status, doit, forget_everywhere, live_member, relocatable
 
 pytestmark = pytest.mark.e2e
 
@@ -139,7 +139,7 @@ def test_a_node_whose_lan_is_wifi_joins_the_cluster_over_it(running, wifi_node):
     assert f"dev {radio}" in node.succeed("ip route get 10.42.0.11")
 
     node1 = running["node1"]
-    running.retry(lambda: _live(agent_status(node1), "node4"), 150)
+    running.retry(lambda: live_member(agent_status(node1), "node4"), 150)
     assert sorted(node1.wait_until_succeeds("srun -w node4 hostname", timeout=150).split()) == ["node4"]
     assert len(node.succeed("sudo wg show wg0 peers").split()) == 3, "in the mesh with all three, over WiFi"
 
@@ -158,7 +158,3 @@ def test_the_key_stays_in_a_0600_file_in_ram_and_the_other_radio_is_left_alone(w
     log = node.succeed("sudo journalctl -b --no-pager -u 'clusteros-wifi@*'")
     assert f"joining the credential's network on {radio}" in log
     assert f"is not this node's WLAN device ({radio} is)" in log, "the access point's radio, before it moved"
-
-
-def _live(status: dict, name: str) -> None:
-    assert name in [m["name"] for m in status["members"] if m["live"]], status["members"]

@@ -23,7 +23,7 @@ from clusteros.vm.layout import layout
 from clusteros_node import k3s
 from clusteros_node.agent import ROTATION_GRACE
 
-from .conftest import DIST, agent_status, doit, forget_everywhere, pids, untouched
+from .conftest import DIST, agent_status, doit, forget_everywhere, live_member, pids, untouched
 from .test_cluster import payload_for, send
 from .test_cluster_compute import cpu_count
 
@@ -82,7 +82,7 @@ def test_a_machine_without_the_credential_waits_and_joins_only_once_approved(run
 
     assert clusteros(["approve", fingerprint]) == 0       # from the build host, through node1
     stranger.wait_for_ssh(timeout=90)
-    members = lambda: _live(agent_status(node1), "node4")   # noqa: E731
+    members = lambda: live_member(agent_status(node1), "node4")   # noqa: E731
     running.retry(members, 60)
     try:
         node1.wait_until_succeeds("srun -w node4 hostname | grep -qx node4", timeout=90)
@@ -103,10 +103,6 @@ def _slurm_story(node) -> str:
 
 def _asking(status: dict, fingerprint: str) -> None:
     assert fingerprint in [p["fingerprint"] for p in status["pending"]], status["pending"]
-
-
-def _live(status: dict, name: str) -> None:
-    assert name in [m["name"] for m in status["members"] if m["live"]], status["members"]
 
 
 # -- members ---------------------------------------------------------------------------
