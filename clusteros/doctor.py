@@ -27,6 +27,7 @@ COMMON: list[Check] = [
     ("GRUB for BIOS", "/usr/lib/grub/i386-pc/boot.img", "grub-pc-bin", "image"),
     ("GRUB for UEFI", "/usr/lib/grub/x86_64-efi/linux.mod", "grub-efi-amd64-bin", "image"),
     ("useradd", "useradd", "passwd", "image"),
+    ("zstd", "zstd", "zstd", "image"),
     ("systemctl", "systemctl", "systemd", "image"),
     ("ssh-keygen", "ssh-keygen", "openssh-client", "keys"),
     ("pigz", "pigz", "pigz", "gz"),

@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from clusteros import paths
+from clusteros import paths, runner
 from clusteros.atomic import atomic_path
 from clusteros.installer.initramfs import add_busybox, pack
 
@@ -50,23 +50,41 @@ def kernel_version(tree: Path) -> str:
     return versions[-1]
 
 
+def plain(module: str) -> str:
+    """A module's path as stored uncompressed: kernel/fs/ext4/ext4.ko.zst -> kernel/fs/ext4/ext4.ko."""
+    return module.removesuffix(".zst")
+
+
 def load_order(modules_dep: str, wanted: list[str]) -> list[str]:
-    """`wanted` and everything they depend on, each after its dependencies, each once."""
-    depends = {}
+    """`wanted` and everything they depend on, each after its dependencies, each once.
+
+    Names are compared uncompressed; the paths returned are modules.dep's own (perhaps .ko.zst)."""
+    stored: dict[str, str] = {}
+    depends: dict[str, list[str]] = {}
     for line in modules_dep.splitlines():
         module, _, deps = line.partition(":")
-        depends[module] = deps.split()
+        stored[plain(module)] = module
+        depends[plain(module)] = [plain(d) for d in deps.split()]
     order: list[str] = []
 
     def visit(module: str) -> None:
-        if module in order:
+        if stored.get(module, module) in order:
             return
         for dependency in depends.get(module, []):
             visit(dependency)
-        order.append(module)
+        order.append(stored.get(module, module))
     for module in wanted:
         visit(module)
     return order
+
+
+def copy_module(source: Path, target: Path) -> None:
+    """`source` to `target` uncompressed: the initramfs's busybox insmod reads plain .ko files only."""
+    if source.name.endswith(".zst"):
+        runner.run("image", ["zstd", "--quiet", "--decompress", "--force", "-o", target, source],
+                   log=runner.log_path("image-vm-initrd-modules"), append=True, timeout=60)
+    else:
+        shutil.copyfile(source, target)
 
 
 def build(tree: Path, kernel: Path, initrd: Path, work: Path) -> str:
@@ -78,8 +96,8 @@ def build(tree: Path, kernel: Path, initrd: Path, work: Path) -> str:
     (staging / "lib" / "modules").mkdir(parents=True)
     (staging / "etc").mkdir()
     for module in order:
-        shutil.copyfile(modules_dir / module, staging / "lib" / "modules" / Path(module).name)
-    (staging / "etc" / "modules.order").write_text("".join(Path(m).name + "\n" for m in order))
+        copy_module(modules_dir / module, staging / "lib" / "modules" / Path(plain(module)).name)
+    (staging / "etc" / "modules.order").write_text("".join(Path(plain(m)).name + "\n" for m in order))
     add_busybox(staging)
     shutil.copyfile(init_script(), staging / "init")
     os.chmod(staging / "init", 0o755)

@@ -12,7 +12,7 @@ packages=(
     python3 python3-venv python3-pip          # the tool itself
     mmdebstrap debian-archive-keyring         # rootfs
     qemu-utils e2fsprogs dosfstools mtools fdisk grub-common grub-pc-bin grub-efi-amd64-bin passwd
-    pigz openssh-client ca-certificates       # image, gz, keys
+    pigz zstd openssh-client ca-certificates  # image (zstd: its kernel modules), gz, keys
     qemu-system-x86 vde2 seabios ovmf         # test_vm
     packer                                    # image.builder: packer
     xorriso cpio busybox-static ipxe-qemu     # iso, usb, pxe (and booting them in tests)

@@ -33,6 +33,27 @@ def test_every_module_comes_after_what_it_needs_and_only_once():
         "ext4's soft dependency, which modules.dep does not list"
 
 
+def test_compressed_modules_are_found_by_their_plain_names_and_come_in_the_same_order():
+    zst = "\n".join(line.replace(".ko", ".ko.zst") for line in MODULES_DEP.splitlines()) + "\n"
+    plain_order = vmboot.load_order(MODULES_DEP, vmboot.VM_MODULES)
+    assert vmboot.load_order(zst, vmboot.VM_MODULES) == [m + ".zst" for m in plain_order]
+
+
+def test_the_image_stores_its_modules_compressed_and_the_vm_initramfs_gets_them_back_plain(tmp_path):
+    kernel = tmp_path / "kernel"
+    (kernel / "fs" / "ext4").mkdir(parents=True)
+    module = bytes(range(256)) * 64 + b"\x00" * 4096
+    (kernel / "fs" / "ext4" / "ext4.ko").write_bytes(module)
+    (kernel / "crc.ko.zst").write_bytes(b"left as it is")
+    customize.compress_modules(kernel)
+    assert sorted(p.name for p in kernel.rglob("*")) == ["crc.ko.zst", "ext4", "ext4.ko.zst", "fs"]
+    assert (kernel / "crc.ko.zst").read_bytes() == b"left as it is"
+    stored = kernel / "fs" / "ext4" / "ext4.ko.zst"
+    assert stored.stat().st_size < len(module) / 4
+    vmboot.copy_module(stored, tmp_path / "ext4.ko")
+    assert (tmp_path / "ext4.ko").read_bytes() == module
+
+
 def test_the_command_line_names_the_root_and_leaves_wifi_alone_where_the_spec_has_it():
     plain = vmboot.cmdline("1234", wifi=False)
     assert plain.startswith("root=UUID=1234 ro console=ttyS0") and "cfg80211" in plain
