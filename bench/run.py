@@ -135,13 +135,6 @@ def until(check, timeout: float, every: float = 2.0) -> float:
     return time.monotonic() - started
 
 
-def qemu_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
-
-
 def save_boot_analysis(spec: dict, count: int) -> None:
     """Each node's critical chain and blame, under dist/bench/boot/<count>/<node>.txt."""
     folder = BENCH / "boot" / str(count)
@@ -174,8 +167,7 @@ def measure_cluster(spec: dict, count: int) -> dict:
         until(mpi_ok, 900, every=3)
         mpi = round(time.monotonic() - started, 1)
     save_boot_analysis(spec, count)
-    pids = [cluster.machine(n).pid() for n in layout(spec, count)]
-    rss = [qemu_rss_mb(pid) for pid in pids if pid]
+    rss = [r for r in (cluster.machine(n).rss_mb() for n in layout(spec, count)) if r is not None]
     disk = mb(sum(p.stat().st_blocks * 512 for p in (BENCH / "vm").rglob("overlay.qcow2")))
     return {"nodes": count, "ssh_s": round(to_ssh, 1), "srun_s": round(ready, 1), "mpi_s": mpi,
             "rss_mb_per_node": round(sum(rss) / len(rss), 1), "overlay_mb": disk}

@@ -87,6 +87,16 @@ class Machine:
     def is_alive(self) -> bool:
         return self.pid() is not None
 
+    def rss_mb(self) -> float | None:
+        """The host memory the QEMU process holds (its resident set), in MB; None if it is not running."""
+        pid = self.pid()
+        try:
+            status = Path(f"/proc/{pid}/status").read_text() if pid else ""
+        except OSError:   # it exited since
+            return None
+        kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), None)
+        return None if kib is None else round(kib / 1024, 1)
+
     def launch(self, argv: list[str]) -> int:
         """Start QEMU daemonized with the machine's QMP socket, pid file and serial log added.
 

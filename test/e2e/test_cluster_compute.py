@@ -36,6 +36,25 @@ def test_a_step_over_its_memory_is_killed_as_out_of_memory(running):
     assert re.search(r"oom-kill|Out Of Memory", result.stderr), result.stderr
 
 
+def test_the_memory_a_job_touched_goes_back_to_the_host_when_it_ends(running):
+    """Free page reporting: without it, a node's QEMU keeps every page its guest ever touched."""
+    machine = running["node3"].machine
+    before = machine.rss_mb()
+    running["node1"].succeed("sbatch -w node3 --wrap \"python3 -c 'import time; x = bytearray(300 * 2**20); "
+                             "x[::4096] = bytes(len(x) // 4096); time.sleep(4)'\"")
+
+    def grew() -> float:
+        now = machine.rss_mb()
+        assert now > before + 200, f"node3's QEMU holds {now} MB (before the job: {before} MB)"
+        return now
+    peak = running.retry(grew, 90, every=0.5)
+
+    def given_back() -> None:
+        now = machine.rss_mb()
+        assert now < before + 100, f"node3's QEMU still holds {now} MB (before: {before} MB, peak: {peak} MB)"
+    running.retry(given_back, 60, every=2)
+
+
 def test_a_step_runs_in_its_own_cgroup_with_exactly_the_cpus_it_asked_for(running):
     """On every node, one CPU and all of them. The shipped nodes have one CPU; a step smaller than
     its node is checked on the 2-CPU machine test_cluster_trust.py netboots."""
