@@ -60,9 +60,19 @@ _watched: set[str] = set()
 CHANGES_UNITS = {"start", "stop", "restart", "reload", "try-restart", "reset-failed", "daemon-reload", "kill"}
 
 
+_tick = 0
+
+
 def new_tick() -> None:
     """Unit states read from now on are read afresh (once)."""
+    global _tick
+    _tick += 1
     _seen.clear()
+
+
+def tick() -> int:
+    """How many ticks this process has begun: 0 in one that does not tick (a candidate, a command)."""
+    return _tick
 
 
 def unit_state(unit: str) -> str:

@@ -15,7 +15,7 @@ import pytest
 
 from clusteros.spec import load_spec, node_view
 from clusteros_node import (accounting, candidate, credential, election, enroll, firewall, home, identity, messages, registry,
-                            slurm, status, system, timesync, validate)
+                            slurm, status, system, timesync, validate, wireguard)
 from clusteros_node.agent import Agent
 from clusteros_node.places import Places
 from clusteros_node.ratelimit import Limiter
@@ -661,6 +661,30 @@ def test_unit_states_cost_one_systemctl_a_tick_and_a_change_is_read_afresh(tmp_p
     system.unit_state("munge.service")
     assert calls.read_text().splitlines()[-2:] == ["start --no-block slurmd.service",
                                                    "is-active munge.service slurmd.service"], "a start: read again"
+
+
+def test_wg_peers_are_read_once_a_tick_and_afresh_after_a_change(tmp_path, monkeypatch):
+    calls = tmp_path / "calls"
+    (tmp_path / "wg").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n'
+                                 'if [ "$1" = show ]; then printf "priv\\tpub\\t51820\\toff\\n'
+                                 'KEYA\\t(none)\\t10.42.0.12:51820\\t10.99.0.2/32\\t0\\t0\\t0\\t25\\n"; fi\n')
+    (tmp_path / "wg").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(system, "_tick", 0)
+    monkeypatch.setattr(wireguard, "_read_in_tick", None)
+    wanted = {"KEYA": {"name": "node2", "endpoint": "10.42.0.12:51820", "allowed_ip": "10.99.0.2/32"}}
+    shows = lambda: [c for c in calls.read_text().splitlines() if c.startswith("show")]   # noqa: E731
+    assert wireguard.current_peers() == wireguard.current_peers()
+    assert len(shows()) == 2, "outside the agent's ticks (a candidate), read every time"
+    system.new_tick()
+    assert wireguard.sync_peers(wanted) == [] and "KEYA" in wireguard.current_peers()
+    assert len(shows()) == 3, "the mesh and the status file share one read a tick"
+    system.new_tick()
+    new = {"KEYB": {"name": "node3", "endpoint": "10.42.0.13:51820", "allowed_ip": "10.99.0.3/32"}}
+    assert len(wireguard.sync_peers(new)) == 2
+    wireguard.current_peers()
+    assert len(shows()) == 5, "a change made is read again"
+    assert "set wg0 peer KEYA remove" in calls.read_text()
 
 
 def test_accounting_starts_mariadb_without_waiting_and_goes_on_only_once_it_is_up(tmp_path, monkeypatch):
