@@ -56,6 +56,7 @@ def state(tmp_path_factory):
     folder = tmp_path_factory.mktemp("state")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CLUSTEROS_STATE_DIR", str(folder))
+        patch.delenv("CLUSTEROS_DIST", raising=False)   # the keys' log goes to this checkout's dist/logs
         secrets.ensure_all(load_spec(ROOT / "cluster.yaml"))
     return folder
 
