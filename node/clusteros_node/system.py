@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 
 class CommandError(RuntimeError):
@@ -60,19 +63,32 @@ _watched: set[str] = set()
 CHANGES_UNITS = {"start", "stop", "restart", "reload", "try-restart", "reset-failed", "daemon-reload", "kill"}
 
 
+# Other state a tick reads more than once (wg0's peers: the mesh and the status file): read once
+# a tick by the agent, every time by a process that does not tick (a candidate, a command), and
+# read afresh once the reader's module has changed it.
 _tick = 0
+_read_this_tick: dict[str, object] = {}
 
 
 def new_tick() -> None:
-    """Unit states read from now on are read afresh (once)."""
+    """Unit states, and what once_a_tick keeps, are read afresh from now on (once)."""
     global _tick
     _tick += 1
     _seen.clear()
+    _read_this_tick.clear()
 
 
-def tick() -> int:
-    """How many ticks this process has begun: 0 in one that does not tick (a candidate, a command)."""
-    return _tick
+def once_a_tick(what: str, read: Callable[[], T]) -> T:
+    if not _tick:
+        return read()
+    if what not in _read_this_tick:
+        _read_this_tick[what] = read()
+    return _read_this_tick[what]
+
+
+def forget(what: str) -> None:
+    """`what` changed: the next once_a_tick reads it again."""
+    _read_this_tick.pop(what, None)
 
 
 def unit_state(unit: str) -> str:

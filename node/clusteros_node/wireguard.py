@@ -10,6 +10,7 @@ from clusteros_node import system
 INTERFACE = "wg0"
 KEY_DIR = Path("/var/lib/clusteros/wireguard")
 KEEPALIVE = 15
+PEERS = "wg0 peers"   # what system.once_a_tick keeps them as
 
 
 def ensure_keypair(key_dir: Path = KEY_DIR) -> str:
@@ -23,7 +24,7 @@ def ensure_keypair(key_dir: Path = KEY_DIR) -> str:
 
 
 def ensure_interface(address: str, prefixlen: int, port: int, key_dir: Path = KEY_DIR) -> None:
-    _forget_peers()
+    system.forget(PEERS)
     if not Path(f"/sys/class/net/{INTERFACE}").exists():
         system.run("ip", "link", "add", INTERFACE, "type", "wireguard")
     system.run("wg", "set", INTERFACE, "listen-port", str(port), "private-key", str(key_dir / "private.key"))
@@ -31,26 +32,10 @@ def ensure_interface(address: str, prefixlen: int, port: int, key_dir: Path = KE
     system.run("ip", "link", "set", INTERFACE, "up")
 
 
-# wg0's peers as read in the agent's current tick, (tick, peers): the mesh and the status file
-# both want them, and under emulation every `wg` started costs a noticeable share of a node's CPU.
-_read_in_tick: tuple[int, dict[str, dict]] | None = None
-
-
 def current_peers() -> dict[str, dict]:
     """Peers as wg reports them: public key -> endpoint, allowed ips, latest handshake. Read once a
     tick in the agent (until this module changes them); every time elsewhere."""
-    global _read_in_tick
-    tick = system.tick()
-    if tick and _read_in_tick is not None and _read_in_tick[0] == tick:
-        return _read_in_tick[1]
-    peers = _read_peers()
-    _read_in_tick = (tick, peers)
-    return peers
-
-
-def _forget_peers() -> None:
-    global _read_in_tick
-    _read_in_tick = None
+    return system.once_a_tick(PEERS, _read_peers)
 
 
 def _read_peers() -> dict[str, dict]:
@@ -71,12 +56,12 @@ def sync_peers(wanted: dict[str, dict]) -> list[str]:
         current = have.get(key)
         if current and current["endpoint"] == peer["endpoint"] and current["allowed_ips"] == peer["allowed_ip"]:
             continue
-        _forget_peers()
+        system.forget(PEERS)
         system.run("wg", "set", INTERFACE, "peer", key, "endpoint", peer["endpoint"],
                    "allowed-ips", peer["allowed_ip"], "persistent-keepalive", str(KEEPALIVE))
         changes.append(f"peer {peer['name']} at {peer['endpoint']}")
     for key in set(have) - set(wanted):
-        _forget_peers()
+        system.forget(PEERS)
         system.run("wg", "set", INTERFACE, "peer", key, "remove")
         changes.append(f"removed peer {key[:8]}…")
     return changes

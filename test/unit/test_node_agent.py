@@ -671,7 +671,7 @@ def test_wg_peers_are_read_once_a_tick_and_afresh_after_a_change(tmp_path, monke
     (tmp_path / "wg").chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     monkeypatch.setattr(system, "_tick", 0)
-    monkeypatch.setattr(wireguard, "_read_in_tick", None)
+    monkeypatch.setattr(system, "_read_this_tick", {})
     wanted = {"KEYA": {"name": "node2", "endpoint": "10.42.0.12:51820", "allowed_ip": "10.99.0.2/32"}}
     shows = lambda: [c for c in calls.read_text().splitlines() if c.startswith("show")]   # noqa: E731
     assert wireguard.current_peers() == wireguard.current_peers()
