@@ -82,7 +82,7 @@ def copy_module(source: Path, target: Path) -> None:
     """`source` to `target` uncompressed: the initramfs's busybox insmod reads plain .ko files only."""
     if source.name.endswith(".zst"):
         runner.run("image", ["zstd", "--quiet", "--decompress", "--force", "-o", target, source],
-                   log=runner.log_path("image-vm-initrd-modules"), append=True, timeout=60)
+                   log=runner.log_path("image-vm-initrd-modules"), timeout=60)
     else:
         shutil.copyfile(source, target)
 
