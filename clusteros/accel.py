@@ -35,7 +35,8 @@ class Accel:
         # QEMU's default CPU model: "max" makes TCG emulate costly extensions for nothing.
         # tb-size: TCG's cache of translated code, by default 1 GiB, which a booted node fills and
         # keeps resident. Measured on the 3-node cluster (bench/run.py): 96 MiB holds a node's hot
-        # code (RSS ~390 MB instead of ~1 GB, boot within a few seconds); 64 MiB starts to retranslate.
+        # code (RSS ~390 MB then, ~460 MB with the 11-27 image, instead of ~1 GB; boot within a few
+        # seconds); 64 MiB starts to retranslate.
         return ["-accel", "tcg,thread=multi,tb-size=96"]
 
     def scale(self, seconds: float) -> float:
