@@ -1,10 +1,12 @@
 """Installer logic: the payload's extents, the installer's settings, its boot menus, its drivers."""
 
+import gzip
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from clusteros.installer import initramfs, payload, settings
+from clusteros.installer import InstallerError, initramfs, payload, settings
 
 MIB = 1024 * 1024
 
@@ -109,3 +111,27 @@ def test_module_closure_brings_dependencies_and_leaves_out_the_rest():
     assert initramfs.module_closure(modules_dep) == {
         "kernel/drivers/net/virtio_net.ko", "kernel/drivers/net/net_failover.ko", "kernel/net/core/failover.ko",
         "kernel/drivers/ata/ahci.ko", "kernel/drivers/ata/libahci.ko"}
+
+
+def test_ldd_report_gives_each_library_and_the_loader_but_not_the_vdso():
+    report = ("\tlinux-vdso.so.1 (0x00007ffd1b5f2000)\n"
+              "\tlibz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x00007f39632f5000)\n"
+              "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f3963113000)\n"
+              "\t/lib64/ld-linux-x86-64.so.2 (0x00007f3963450000)\n")
+    assert initramfs.shared_libraries("pigz", report) == [
+        Path("/lib/x86_64-linux-gnu/libz.so.1"), Path("/lib/x86_64-linux-gnu/libc.so.6"),
+        Path("/lib64/ld-linux-x86-64.so.2")]
+    assert initramfs.shared_libraries("busybox", "\tnot a dynamic executable\n") == []
+    with pytest.raises(InstallerError, match="pigz cannot run here: libz.so.1 => not found"):
+        initramfs.shared_libraries("pigz", "\tlibz.so.1 => not found\n")
+
+
+@pytest.mark.needs("pigz", "chroot")
+def test_the_inflater_runs_in_a_tree_that_has_nothing_else(tmp_path):
+    """pigz and the libraries it loads, alone in a tree (as in the initramfs), inflate a gzip stream."""
+    tree = tmp_path / "tree"
+    initramfs.add_executable(tree, initramfs.INFLATER)
+    data = bytes(range(256)) * 4096
+    (tree / "data.gz").write_bytes(gzip.compress(data))
+    out = subprocess.run(["chroot", str(tree), "/bin/pigz", "-dc", "/data.gz"], capture_output=True, check=True)
+    assert out.stdout == data

@@ -221,7 +221,7 @@ def test_a_long_step_says_how_far_it_is_as_its_measure_counts(machine):
 
 
 def test_a_measure_with_nothing_to_count_says_nothing(machine):
-    """The RAM load's measure follows gunzip: before it starts and once it is gone, no "0 of N MiB"."""
+    """The RAM load's measure follows pigz: before it starts and once it is gone, no "0 of N MiB"."""
     script = ("MIB=1048576 PROGRESS_EVERY=0.02\n"
               f"counted() {{ [ -e {machine.root}/reading ] && echo $(( 2 * MIB )); return 0; }}\n"
               f"work() {{ sleep 0.05; touch {machine.root}/reading; sleep 0.15; rm {machine.root}/reading; sleep 0.1; }}\n"
