@@ -96,7 +96,7 @@ def receive(stream, set_dir: Path = SET_DIR) -> list[str]:
 
 
 def _unpack(stream, into: Path) -> None:
-    with tarfile.open(fileobj=stream, mode="r|") as tar:
+    with tarfile.open(fileobj=stream, mode="r|", bufsize=1 << 20) as tar:
         for member in tar:
             name = member.name.removeprefix("./")
             if name in ("", "."):
