@@ -220,6 +220,18 @@ def test_a_long_step_says_how_far_it_is_as_its_measure_counts(machine):
     assert len({line for line in said}) > 1, "it moves"
 
 
+def test_a_measure_that_counts_more_than_the_whole_says_the_whole(machine):
+    """A disk's read count also holds udev's probes of the new partitions: "checking 638 of 627 MiB" no more."""
+    script = ("MIB=1048576 PROGRESS_EVERY=0.05\n"
+              f"counted() {{ echo $(( $(cat {machine.root}/done 2>/dev/null || echo 0) * MIB )); }}\n"
+              f"work() {{ echo 5 > {machine.root}/done; sleep 0.3; }}\n"
+              "with_progress checking $(( 3 * MIB )) counted -- work && echo ok")
+    lines = machine.run(script).stdout.splitlines()
+    assert lines[-1] == "ok"
+    said = {line for line in lines if line.startswith("clusteros-installer: checking ")}
+    assert said == {"clusteros-installer: checking 3 of 3 MiB"}, said
+
+
 def test_a_measure_with_nothing_to_count_says_nothing(machine):
     """The RAM load's measure follows pigz: before it starts and once it is gone, no "0 of N MiB"."""
     script = ("MIB=1048576 PROGRESS_EVERY=0.02\n"
