@@ -21,6 +21,7 @@ import re
 import secrets
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -160,15 +161,19 @@ def live_member(status: dict, name: str) -> None:
     assert name in [m["name"] for m in status["members"] if m["live"]], status["members"]
 
 
+def on_each(running, work):
+    """`work(node)` on every node at once (each is an SSH round trip and a Python start on the node)."""
+    with ThreadPoolExecutor(max_workers=len(running)) as pool:
+        return list(pool.map(work, running))
+
+
 def forget_everywhere(running, name: str) -> None:
     """A machine gone for good: every member that knows it forgets it, and then none lists it."""
-    for node in running:
-        forget = node.execute(f"sudo clusteros-node forget {name}")
+    for forget in on_each(running, lambda node: node.execute(f"sudo clusteros-node forget {name}")):
         assert forget.status == 0 or "not a member this node knows" in forget.stderr, forget
 
     def forgotten() -> None:
-        for node in running:
-            status = agent_status(node)
+        for node, status in zip(running, on_each(running, agent_status)):
             assert name not in [m["name"] for m in status["members"]], f"{node.name} still lists {name}"
             assert name not in [p["name"] for p in status["pending"]], f"{node.name} still shows {name} asking"
     running.retry(forgotten, 30)

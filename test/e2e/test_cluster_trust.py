@@ -23,7 +23,7 @@ from clusteros.vm.layout import layout
 from clusteros_node import k3s
 from clusteros_node.agent import ROTATION_GRACE
 
-from .conftest import DIST, agent_status, doit, forget_everywhere, live_member, pids, untouched
+from .conftest import DIST, agent_status, doit, forget_everywhere, live_member, on_each, pids, untouched
 from .test_cluster import payload_for, send
 from .test_cluster_compute import cpu_count
 
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.e2e
 
 
 def statuses(running) -> dict[str, dict]:
-    return {node.name: agent_status(node) for node in running}
+    return {node.name: status for node, status in zip(running, on_each(running, agent_status))}
 
 
 def controller_of(running) -> str:
