@@ -54,13 +54,21 @@ def write_if_changed(path: Path, data: bytes, mode: int = 0o644, owner: tuple[in
     return True
 
 
-# Unit states, read once a tick. Every `systemctl` costs a process, and under emulation a
-# process costs: asked unit by unit, the agent's checks took ~40% of an idle node's CPU. The
-# first question of a tick asks for every unit the agent has ever asked about, in one
-# `systemctl is-active`; a command that changes a unit forgets what was read.
+# Unit states. Every `systemctl` costs a process (and systemd an answer), and under emulation
+# that costs: asked unit by unit, the agent's checks took ~40% of an idle node's CPU; once a
+# tick, ~8%. One `systemctl is-active` asks for every unit the agent has ever asked about, and
+# what it said is kept from tick to tick while it is steady: every unit active, inactive or
+# failed (a unit on its way, activating say, is asked again every tick), no unit's cgroup filled
+# or emptied since (a file read: a daemon that dies or starts is seen at the next tick), and for
+# at most STEADY_TICKS ticks (what the cgroups do not show, a unit of another slice say). A
+# command that changes a unit forgets what was read.
 _seen: dict[str, str] = {}
 _watched: set[str] = set()
 CHANGES_UNITS = {"start", "stop", "restart", "reload", "try-restart", "reset-failed", "daemon-reload", "kill"}
+STEADY = {"active", "inactive", "failed"}
+STEADY_TICKS = 5
+SERVICES_CGROUP = Path("/sys/fs/cgroup/system.slice")
+_seen_at = {"tick": 0, "cgroups": {}}
 
 
 # Other state a tick reads more than once (wg0's peers: the mesh and the status file): read once
@@ -71,11 +79,22 @@ _read_this_tick: dict[str, object] = {}
 
 
 def new_tick() -> None:
-    """Unit states, and what once_a_tick keeps, are read afresh from now on (once)."""
+    """What once_a_tick keeps is read afresh from now on (once), and unit states too unless they are steady."""
     global _tick
     _tick += 1
-    _seen.clear()
     _read_this_tick.clear()
+    if not _units_steady():
+        _seen.clear()
+
+
+def _units_steady() -> bool:
+    return (_tick - _seen_at["tick"] < STEADY_TICKS and set(_seen.values()) <= STEADY
+            and _cgroups(_seen) == _seen_at["cgroups"])
+
+
+def _cgroups(units) -> dict[str, str]:
+    """Each unit's cgroup events ("populated 1", ...); "" for a unit without a cgroup of its own."""
+    return {unit: read_text(SERVICES_CGROUP / unit / "cgroup.events") for unit in units}
 
 
 def once_a_tick(what: str, read: Callable[[], T]) -> T:
@@ -100,8 +119,12 @@ def unit_states(*units: str) -> dict[str, str]:
     if missing:
         _watched.update(missing)
         ask = sorted(_watched - _seen.keys())
+        cgroups = _cgroups(ask)   # before the question: a change after it is seen next tick
         states = run("systemctl", "is-active", *ask, check=False).split()
         _seen.update(zip(ask, states + ["unknown"] * (len(ask) - len(states))))
+        if len(ask) == len(_seen):   # every state read at once: the steady count starts now
+            _seen_at.update(tick=_tick, cgroups={})
+        _seen_at["cgroups"].update(cgroups)
     return {unit: _seen[unit] for unit in units}
 
 

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -641,26 +642,82 @@ def test_the_fingerprint_goes_to_every_console_the_kernel_has(tmp_path):
     assert candidate.consoles(tmp_path / "none") == [Path("/dev/console")]
 
 
-def test_unit_states_cost_one_systemctl_a_tick_and_a_change_is_read_afresh(tmp_path, monkeypatch):
-    calls = tmp_path / "calls"
-    fake = tmp_path / "systemctl"
-    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n'
-                    'if [ "$1" = is-active ]; then shift; for u in "$@"; do echo active; done; fi\n')
-    fake.chmod(0o755)
+@pytest.fixture
+def fake_systemd(tmp_path, monkeypatch):
+    """A `systemctl` that logs its calls and says each unit's state from states/<unit> (active if
+    none), and a cgroup folder per unit; the agent's unit-state memory starts empty."""
+    calls, states, cgroups = tmp_path / "calls", tmp_path / "states", tmp_path / "system.slice"
+    states.mkdir()
+    (tmp_path / "systemctl").write_text(
+        f'#!/bin/sh\necho "$*" >> {calls}\n'
+        f'if [ "$1" = is-active ]; then shift; for u in "$@"; do cat {states}/$u 2>/dev/null || echo active; done; fi\n')
+    (tmp_path / "systemctl").chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     monkeypatch.setattr(system, "_watched", set())
+    monkeypatch.setattr(system, "_seen", {})
+    monkeypatch.setattr(system, "_seen_at", {"tick": 0, "cgroups": {}})
+    monkeypatch.setattr(system, "SERVICES_CGROUP", cgroups)
+
+    def populated(unit: str, yes: bool) -> None:
+        (cgroups / unit).mkdir(parents=True, exist_ok=True)
+        (cgroups / unit / "cgroup.events").write_text(f"populated {int(yes)}\nfrozen 0\n")
+
+    def state(unit: str, value: str) -> None:
+        (states / unit).write_text(value + "\n")
+
+    def asked() -> list[str]:
+        return [c for c in calls.read_text().splitlines() if c.startswith("is-active")] if calls.exists() else []
+    return SimpleNamespace(calls=calls, populated=populated, state=state, asked=asked)
+
+
+def test_unit_states_cost_one_systemctl_for_every_unit_and_a_change_is_read_afresh(fake_systemd):
+    fake_systemd.populated("munge.service", True)
     system.new_tick()
     assert system.unit_state("munge.service") == "active"
     assert system.unit_states("munge.service", "slurmd.service") == {"munge.service": "active", "slurmd.service": "active"}
+    fake_systemd.populated("munge.service", False)   # munge stopped: every state is read again
+    fake_systemd.state("munge.service", "inactive")
     system.new_tick()
     for unit in ("slurmd.service", "munge.service", "slurmd.service"):
         system.unit_state(unit)
-    assert calls.read_text().splitlines() == ["is-active munge.service", "is-active slurmd.service",
-                                              "is-active munge.service slurmd.service"], "the next tick: one call for all"
+    assert fake_systemd.asked() == ["is-active munge.service", "is-active slurmd.service",
+                                    "is-active munge.service slurmd.service"], "the next tick: one call for all"
     system.run("systemctl", "start", "--no-block", "slurmd.service")
     system.unit_state("munge.service")
-    assert calls.read_text().splitlines()[-2:] == ["start --no-block slurmd.service",
-                                                   "is-active munge.service slurmd.service"], "a start: read again"
+    assert fake_systemd.calls.read_text().splitlines()[-2:] == ["start --no-block slurmd.service",
+                                                                "is-active munge.service slurmd.service"], "a start: read again"
+
+
+def test_steady_unit_states_are_kept_until_a_cgroup_fills_or_empties_or_for_a_few_ticks(fake_systemd):
+    fake_systemd.populated("slurmd.service", True)
+    fake_systemd.state("slurmctld.service", "inactive")
+    system.new_tick()
+    system.unit_states("slurmd.service", "slurmctld.service")
+    for _ in range(system.STEADY_TICKS - 1):
+        system.new_tick()
+        assert system.unit_states("slurmd.service", "slurmctld.service") == {
+            "slurmd.service": "active", "slurmctld.service": "inactive"}
+    assert len(fake_systemd.asked()) == 1, "steady: nothing asked again"
+    system.new_tick()
+    system.unit_state("slurmd.service")
+    assert len(fake_systemd.asked()) == 2, f"after {system.STEADY_TICKS} ticks: asked again"
+
+    fake_systemd.populated("slurmd.service", False)    # slurmd died
+    fake_systemd.state("slurmd.service", "failed")
+    system.new_tick()
+    assert system.unit_state("slurmd.service") == "failed", "seen at the very next tick"
+    fake_systemd.populated("slurmctld.service", True)  # someone started slurmctld
+    fake_systemd.state("slurmctld.service", "active")
+    system.new_tick()
+    assert system.unit_state("slurmctld.service") == "active"
+    assert len(fake_systemd.asked()) == 4
+
+    fake_systemd.populated("slurmd.service", True)     # systemd restarts it: on its way
+    fake_systemd.state("slurmd.service", "activating")
+    for _ in range(2):
+        system.new_tick()
+        assert system.unit_state("slurmd.service") == "activating"
+    assert len(fake_systemd.asked()) == 6, "a unit on its way is asked about every tick"
 
 
 def test_wg_peers_are_read_once_a_tick_and_afresh_after_a_change(tmp_path, monkeypatch):
