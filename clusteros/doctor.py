@@ -30,7 +30,7 @@ COMMON: list[Check] = [
     ("zstd", "zstd", "zstd", "image"),
     ("systemctl", "systemctl", "systemd", "image"),
     ("ssh-keygen", "ssh-keygen", "openssh-client", "keys"),
-    ("pigz", "pigz", "pigz", "gz"),
+    ("pigz", "pigz", "pigz", "gz, iso, usb, pxe"),
     ("qemu-system-x86_64", "qemu-system-x86_64", "qemu-system-x86", "test_vm"),
     ("vde_switch", "vde_switch", "vde2", "test_vm"),
     ("ssh", "ssh", "openssh-client", "test_vm"),
