@@ -30,11 +30,12 @@ MODULE_PREFIXES = (
     "kernel/drivers/net/ethernet/realtek/", "kernel/drivers/net/ethernet/broadcom/", "kernel/fs/isofs/",
     "kernel/fs/ext4/", "kernel/crypto/crc32c_generic.ko",      # running from RAM mounts the image's root
 )
-# Large and never needed to write a disk.
-MODULE_EXCLUDES = ("kernel/drivers/scsi/lpfc/", "kernel/drivers/scsi/qla2xxx/", "kernel/drivers/scsi/mpt3sas/",
-                   "kernel/drivers/scsi/be2iscsi/", "kernel/drivers/scsi/bfa/", "kernel/drivers/scsi/qedf/",
-                   "kernel/drivers/scsi/qedi/", "kernel/drivers/scsi/fcoe/", "kernel/drivers/scsi/libfc/",
-                   "kernel/drivers/scsi/cxgbi/", "kernel/drivers/scsi/smartpqi/", "kernel/drivers/scsi/megaraid/")
+# Fibre Channel and iSCSI adapters: large, and a disk behind a SAN is not a node's own disk. The
+# servers' RAID and SAS controllers (megaraid_sas: Dell PERC; mpt3sas: LSI/Broadcom HBAs;
+# smartpqi: HPE Smart Array) stay: the disk a used rack server installs onto is behind one.
+MODULE_EXCLUDES = ("kernel/drivers/scsi/lpfc/", "kernel/drivers/scsi/qla2xxx/", "kernel/drivers/scsi/be2iscsi/",
+                   "kernel/drivers/scsi/bfa/", "kernel/drivers/scsi/qedf/", "kernel/drivers/scsi/qedi/",
+                   "kernel/drivers/scsi/fcoe/", "kernel/drivers/scsi/libfc/", "kernel/drivers/scsi/cxgbi/")
 
 
 def _versions(names: list[str]) -> list[str]:

@@ -322,9 +322,11 @@ def test_pxe_set_has_what_a_boot_server_needs(installers):
     assert installers["pxe"].joinpath("boot.ipxe").read_text().startswith("#!ipxe")
 
 
-# PC hardware QEMU cannot emulate here (QEMU 7.2 has no igb, none has r8169): the installer must at least
-# carry their drivers. The installs above boot on AHCI, NVMe, USB storage (xHCI), e1000e and virtio.
-PC_DRIVERS = {"ahci", "nvme", "sd_mod", "sr_mod", "usb-storage", "uas", "xhci-pci", "e1000e", "igb", "r8169", "tg3",
+# PC and server hardware the installs above do not run on (QEMU 7.2 has no igb, no r8169, no mpt3sas or
+# smartpqi controller): the installer must at least carry their drivers. The installs boot on AHCI,
+# NVMe, USB storage (xHCI), e1000e and virtio.
+PC_DRIVERS = {"ahci", "nvme", "sd_mod", "sr_mod", "usb-storage", "uas", "xhci-pci", "megaraid_sas", "mpt3sas", "smartpqi",
+              "e1000e", "igb", "r8169", "tg3",
               "virtio_net", "virtio_blk"}
 
 
