@@ -207,38 +207,37 @@ def test_the_image_takes_over_with_its_own_module_loader_and_every_nic_but_lo_ba
     assert loader.read_text() == "/sbin/modprobe\n", "the kernel's own default: the image has no /bin/modprobe"
 
 
-def test_a_long_step_says_how_far_it_is_as_its_measure_counts(machine):
-    script = ("MIB=1048576 PROGRESS_EVERY=0.05\n"
-              f"counted() {{ echo $(( $(cat {machine.root}/done 2>/dev/null || echo 0) * MIB )); }}\n"
-              f"work() {{ for n in 1 2 3; do sleep 0.1; echo $n > {machine.root}/done; done; }}\n"
-              "with_progress writing $(( 3 * MIB )) counted -- work && echo ok")
+def progress_said(machine, verb: str, total_mib: int, counted: str, work: str, every: float = 0.05) -> list[str]:
+    """What with_progress says while `work` runs, measured by `counted` (shell function bodies)."""
+    script = (f"MIB=1048576 PROGRESS_EVERY={every}\n"
+              f"counted() {{ {counted}; }}\n"
+              f"work() {{ {work}; }}\n"
+              f"with_progress {verb} $(( {total_mib} * MIB )) counted -- work && echo ok")
     out = machine.run(script)
     lines = out.stdout.splitlines()
-    assert lines[-1] == "ok", out.stderr
-    said = [line for line in lines if line.startswith("clusteros-installer: writing ")]
+    assert lines and lines[-1] == "ok", out.stderr
+    return [line for line in lines if line.startswith(f"clusteros-installer: {verb} ")]
+
+
+def test_a_long_step_says_how_far_it_is_as_its_measure_counts(machine):
+    done = machine.root / "done"
+    said = progress_said(machine, "writing", 3, f"echo $(( $(cat {done} 2>/dev/null || echo 0) * MIB ))",
+                         f"for n in 1 2 3; do sleep 0.1; echo $n > {done}; done")
     assert said and said[-1] == "clusteros-installer: writing 3 of 3 MiB", said
-    assert len({line for line in said}) > 1, "it moves"
+    assert len(set(said)) > 1, "it moves"
 
 
 def test_a_measure_that_counts_more_than_the_whole_says_the_whole(machine):
     """A disk's read count also holds udev's probes of the new partitions: "checking 638 of 627 MiB" no more."""
-    script = ("MIB=1048576 PROGRESS_EVERY=0.05\n"
-              f"counted() {{ echo $(( $(cat {machine.root}/done 2>/dev/null || echo 0) * MIB )); }}\n"
-              f"work() {{ echo 5 > {machine.root}/done; sleep 0.3; }}\n"
-              "with_progress checking $(( 3 * MIB )) counted -- work && echo ok")
-    lines = machine.run(script).stdout.splitlines()
-    assert lines[-1] == "ok"
-    said = {line for line in lines if line.startswith("clusteros-installer: checking ")}
-    assert said == {"clusteros-installer: checking 3 of 3 MiB"}, said
+    done = machine.root / "done"
+    said = progress_said(machine, "checking", 3, f"echo $(( $(cat {done} 2>/dev/null || echo 0) * MIB ))",
+                         f"echo 5 > {done}; sleep 0.3")
+    assert set(said) == {"clusteros-installer: checking 3 of 3 MiB"}, said
 
 
 def test_a_measure_with_nothing_to_count_says_nothing(machine):
     """The RAM load's measure follows pigz: before it starts and once it is gone, no "0 of N MiB"."""
-    script = ("MIB=1048576 PROGRESS_EVERY=0.02\n"
-              f"counted() {{ [ -e {machine.root}/reading ] && echo $(( 2 * MIB )); return 0; }}\n"
-              f"work() {{ sleep 0.05; touch {machine.root}/reading; sleep 0.15; rm {machine.root}/reading; sleep 0.1; }}\n"
-              "with_progress loading $(( 4 * MIB )) counted -- work && echo ok")
-    lines = machine.run(script).stdout.splitlines()
-    assert lines[-1] == "ok"
-    said = [line for line in lines if line.startswith("clusteros-installer: loading ")]
+    reading = machine.root / "reading"
+    said = progress_said(machine, "loading", 4, f"[ -e {reading} ] && echo $(( 2 * MIB )); return 0",
+                         f"sleep 0.05; touch {reading}; sleep 0.15; rm {reading}; sleep 0.1", every=0.02)
     assert said and set(said) == {"clusteros-installer: loading 2 of 4 MiB"}, said
