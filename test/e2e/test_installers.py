@@ -126,13 +126,15 @@ HARDWARE = {
 }
 
 
-def qemu_base(machine: Machine, disk: Path, firmware: str, controller: str = "virtio-blk-pci") -> list[str]:
+def qemu_base(machine: Machine, disk: Path, firmware: str, controller: str = "virtio-blk-pci",
+              adapter: tuple[str, ...] = ()) -> list[str]:
+    """`adapter`: the -device arguments of the host adapter `controller` sits on, if it needs one."""
     argv = ["qemu-system-x86_64", "-name", f"{machine.name},process=clusteros-test-{machine.name}",
             "-machine", "q35", *ACCEL.qemu_args, "-m", "1024", "-smp", "1",
             # detect-zeroes: the zeros the installer writes over the image's holes (and the old
             # backup GPT) stay holes in the qcow2, as on a thin-provisioned disk: 1 GB, not 4.
             "-drive", f"file={disk},if=none,id=target,format=qcow2,discard=unmap,detect-zeroes=unmap",
-            "-device", f"{controller},drive=target,bootindex=0",
+            *adapter, "-device", f"{controller},drive=target,bootindex=0",
             "-display", "none", "-monitor", "none"]
     if firmware == "uefi":
         (machine.directory / "OVMF_VARS.fd").unlink(missing_ok=True)
@@ -232,18 +234,20 @@ def test_asking_installer_given_no_answer_wipes_nothing(installers):
 
 @pytest.mark.usefixtures("installs")
 def test_unattended_auto_target_refuses_two_empty_disks(installers):
-    """The ISO as a CD under UEFI (its default menu entry: unattended, target auto), two empty disks."""
+    """The ISO as a CD under UEFI (its default menu entry: unattended, target auto), two empty disks:
+    one behind an LSI MegaRAID SAS controller (a Dell PERC's kind: the installer must see it), one virtio."""
     machine = Machine("refuse-two", DIST / "vm-installers" / "refuse-two", stop_timeout=5)
     machine.directory.mkdir(parents=True, exist_ok=True)
     disks = [empty_disk(machine.directory / f"disk{n}.qcow2", "5G") for n in (1, 2)]
-    argv = qemu_base(machine, disks[0], "uefi") + [
+    argv = qemu_base(machine, disks[0], "uefi", "scsi-hd,bus=raid.0",
+                     adapter=("-device", "megasas-gen2,id=raid")) + [
         "-drive", f"file={disks[1]},if=none,id=second,format=qcow2", "-device", "virtio-blk-pci,drive=second",
         "-drive", f"file={installers['iso']},if=none,id=cd,media=cdrom,readonly=on", "-device", "ide-cd,drive=cd,bootindex=1",
         "-no-reboot", "-net", "none"]
     with machine:
         machine.launch(argv)
         handle(machine, installers["spec"]).wait_for_console_text("nothing more was written", timeout=150)
-        assert "more than one empty disk ( vda vdb )" in machine.console_text()
+        assert "more than one empty disk ( sda vda )" in machine.console_text()
         wait_gone(machine)
     assert all(untouched(d) for d in disks)
 
