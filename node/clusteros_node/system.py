@@ -71,18 +71,18 @@ SERVICES_CGROUP = Path("/sys/fs/cgroup/system.slice")
 _seen_at = {"tick": 0, "cgroups": {}}
 
 
-# Other state a tick reads more than once (wg0's peers: the mesh and the status file): read once
-# a tick by the agent, every time by a process that does not tick (a candidate, a command), and
-# read afresh once the reader's module has changed it.
+# Other state the agent reads by a command (wg0's peers: the mesh and the status file): read at
+# most once every few ticks by the agent, every time by a process that does not tick (a
+# candidate, a command), and read afresh once the reader's module has changed it.
 _tick = 0
-_read_this_tick: dict[str, object] = {}
+_kept: dict[str, tuple[int, object]] = {}   # what -> (the tick it was read at, what was read)
 
 
 def new_tick() -> None:
-    """What once_a_tick keeps is read afresh from now on (once), and unit states too unless they are steady."""
+    """Another tick: unit states are read afresh unless they are steady, and what read_every keeps
+    when it is as old as its caller allows."""
     global _tick
     _tick += 1
-    _read_this_tick.clear()
     if not _units_steady():
         _seen.clear()
 
@@ -97,17 +97,19 @@ def _cgroups(units) -> dict[str, str]:
     return {unit: read_text(SERVICES_CGROUP / unit / "cgroup.events") for unit in units}
 
 
-def once_a_tick(what: str, read: Callable[[], T]) -> T:
+def read_every(what: str, read: Callable[[], T], ticks: int = 1) -> T:
+    """`read()`, kept for `ticks` ticks in the agent (1: read afresh every tick); every time outside it."""
     if not _tick:
         return read()
-    if what not in _read_this_tick:
-        _read_this_tick[what] = read()
-    return _read_this_tick[what]
+    kept = _kept.get(what)
+    if kept is None or _tick - kept[0] >= ticks:
+        kept = _kept[what] = (_tick, read())
+    return kept[1]
 
 
 def forget(what: str) -> None:
-    """`what` changed: the next once_a_tick reads it again."""
-    _read_this_tick.pop(what, None)
+    """`what` changed: the next read_every reads it again."""
+    _kept.pop(what, None)
 
 
 def unit_state(unit: str) -> str:

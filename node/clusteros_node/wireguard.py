@@ -10,7 +10,7 @@ from clusteros_node import system
 INTERFACE = "wg0"
 KEY_DIR = Path("/var/lib/clusteros/wireguard")
 KEEPALIVE = 15
-PEERS = "wg0 peers"   # what system.once_a_tick keeps them as
+PEERS = "wg0 peers"   # what system.read_every keeps them as
 
 
 def ensure_keypair(key_dir: Path = KEY_DIR) -> str:
@@ -33,9 +33,11 @@ def ensure_interface(address: str, prefixlen: int, port: int, key_dir: Path = KE
 
 
 def current_peers() -> dict[str, dict]:
-    """Peers as wg reports them: public key -> endpoint, allowed ips, latest handshake. Read once a
-    tick in the agent (until this module changes them); every time elsewhere."""
-    return system.once_a_tick(PEERS, _read_peers)
+    """Peers as wg reports them: public key -> endpoint, allowed ips, latest handshake. In the agent,
+    read afresh whenever this module has changed them, and else every STEADY_TICKS ticks: only the
+    membership changes them, or a peer roaming to another endpoint (put back within 10 s); the
+    status file's handshake times are that old at most. Every time elsewhere."""
+    return system.read_every(PEERS, _read_peers, ticks=system.STEADY_TICKS)
 
 
 def _read_peers() -> dict[str, dict]:

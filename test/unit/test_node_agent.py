@@ -720,7 +720,7 @@ def test_steady_unit_states_are_kept_until_a_cgroup_fills_or_empties_or_for_a_fe
     assert len(fake_systemd.asked()) == 6, "a unit on its way is asked about every tick"
 
 
-def test_wg_peers_are_read_once_a_tick_and_afresh_after_a_change(tmp_path, monkeypatch):
+def test_wg_peers_are_read_every_few_ticks_and_afresh_after_a_change(tmp_path, monkeypatch):
     calls = tmp_path / "calls"
     (tmp_path / "wg").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n'
                                  'if [ "$1" = show ]; then printf "priv\\tpub\\t51820\\toff\\n'
@@ -728,15 +728,21 @@ def test_wg_peers_are_read_once_a_tick_and_afresh_after_a_change(tmp_path, monke
     (tmp_path / "wg").chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     monkeypatch.setattr(system, "_tick", 0)
-    monkeypatch.setattr(system, "_read_this_tick", {})
+    monkeypatch.setattr(system, "_kept", {})
     wanted = {"KEYA": {"name": "node2", "endpoint": "10.42.0.12:51820", "allowed_ip": "10.99.0.2/32"}}
     shows = lambda: [c for c in calls.read_text().splitlines() if c.startswith("show")]   # noqa: E731
     assert wireguard.current_peers() == wireguard.current_peers()
     assert len(shows()) == 2, "outside the agent's ticks (a candidate), read every time"
     system.new_tick()
     assert wireguard.sync_peers(wanted) == [] and "KEYA" in wireguard.current_peers()
-    assert len(shows()) == 3, "the mesh and the status file share one read a tick"
+    assert len(shows()) == 3, "the mesh and the status file share one read"
+    for _ in range(system.STEADY_TICKS - 1):
+        system.new_tick()
+        assert wireguard.sync_peers(wanted) == []
+    assert len(shows()) == 3, "nothing changed: nothing read again"
     system.new_tick()
+    wireguard.current_peers()
+    assert len(shows()) == 4, f"read again after {system.STEADY_TICKS} ticks"
     new = {"KEYB": {"name": "node3", "endpoint": "10.42.0.13:51820", "allowed_ip": "10.99.0.3/32"}}
     assert len(wireguard.sync_peers(new)) == 2
     wireguard.current_peers()
