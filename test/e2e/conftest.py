@@ -167,6 +167,11 @@ def on_each(running, work):
         return list(pool.map(work, running))
 
 
+def statuses(running) -> dict[str, dict]:
+    """Every node's agent status, by node name (asked of all at once)."""
+    return {node.name: status for node, status in zip(running, on_each(running, agent_status))}
+
+
 def forget_everywhere(running, name: str) -> None:
     """A machine gone for good: every member that knows it forgets it, and then none lists it."""
     for forget in on_each(running, lambda node: node.execute(f"sudo clusteros-node forget {name}")):

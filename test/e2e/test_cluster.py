@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from .conftest import DIST, ROOT, agent_status, doit, pids
+from .conftest import DIST, ROOT, agent_status, doit, pids, statuses
 
 pytestmark = pytest.mark.e2e
 
@@ -84,10 +84,10 @@ def standin_record(node) -> dict:
 
 
 def test_k3s_runs_in_each_role_and_the_agents_join_the_server_over_wg0(running):
-    statuses = {node.name: agent_status(node) for node in running}
-    controller = running[next(n for n, s in statuses.items() if s["role"] == "controller")]
-    server_ip = statuses[controller.name]["wg_address"]
-    workers = {running[n]: s["wg_address"] for n, s in statuses.items() if n != controller.name}
+    by_name = statuses(running)
+    controller = running[next(n for n, s in by_name.items() if s["role"] == "controller")]
+    server_ip = by_name[controller.name]["wg_address"]
+    workers = {running[n]: s["wg_address"] for n, s in by_name.items() if n != controller.name}
 
     def joined():
         for node in running:

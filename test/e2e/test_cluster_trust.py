@@ -23,15 +23,11 @@ from clusteros.vm.layout import layout
 from clusteros_node import k3s
 from clusteros_node.agent import ROTATION_GRACE
 
-from .conftest import DIST, agent_status, doit, forget_everywhere, live_member, on_each, pids, untouched
+from .conftest import DIST, agent_status, doit, forget_everywhere, live_member, pids, statuses, untouched
 from .test_cluster import payload_for, send
 from .test_cluster_compute import cpu_count
 
 pytestmark = pytest.mark.e2e
-
-
-def statuses(running) -> dict[str, dict]:
-    return {node.name: status for node, status in zip(running, on_each(running, agent_status))}
 
 
 def controller_of(running) -> str:
