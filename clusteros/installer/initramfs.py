@@ -113,7 +113,7 @@ def add_executable(tree: Path, name: str) -> None:
     from (what mkinitramfs's copy_exec does): the initramfs has no other C library."""
     program = shutil.which(name)
     if program is None:
-        raise InstallerError(f"{name} not found: the installer inflates the image with it",
+        raise InstallerError(f"{name} not found: the installer's initramfs carries it",
                              fix=f"apt-get install {name} (or run scripts/install-prereqs.sh)")
     # ldd fails on a static executable ("not a dynamic executable"): then there is nothing to add.
     report = subprocess.run(["ldd", program], capture_output=True, text=True).stdout
