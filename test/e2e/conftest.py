@@ -14,6 +14,8 @@ set (its passphrase in dist/e2e/wifi.psk): every credential carries the network'
 test_cluster_over_wifi.py has a node join the cluster over it.
 """
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -36,9 +38,8 @@ K3S_VERSION = "v1.31.4+k3s1"
 MIRROR_PORT = 47180   # fixed, so that the spec (and so the image) is the same from one run to the next
 
 
-@pytest.fixture(scope="session")
-def k3s_mirror():
-    """A K3s release page on 127.0.0.1 whose k3s binary is the stand-in.
+def k3s_mirror_folder() -> tuple[Path, str]:
+    """The K3s release page's folder, and the name of the release under it.
 
     The mirror's URL names the stand-in's hash: a real release never changes under its
     version, so the k3s task rightly keys its download on the spec alone; a changed
@@ -49,9 +50,7 @@ def k3s_mirror():
     (mirror / K3S_VERSION).mkdir(parents=True, exist_ok=True)
     (mirror / K3S_VERSION / "k3s").write_bytes(binary)
     (mirror / K3S_VERSION / "sha256sum-amd64.txt").write_text(f"{digest}  k3s\n")
-
-    with serve_directory(mirror.parent, port=MIRROR_PORT) as url:
-        yield f"{url.rstrip('/')}/{digest[:12]}"
+    return mirror.parent, digest[:12]
 
 
 WIFI = {"ssid": "clusteros-e2e", "country": "DE"}   # DE, not the default: the test sees it was set
@@ -87,16 +86,30 @@ def ensure_wifi_passphrase(folder: Path) -> Path:
     return path
 
 
+# -- once per run: the spec, the WiFi key and the K3s mirror --------------------------------------
+
+def pytest_configure(config):
+    """Made and served by the process that outlives the test workers (pytest-xdist's controller;
+    pytest itself with -n 0): the workers build from one spec file, and only one process can
+    serve the mirror's fixed port."""
+    if hasattr(config, "workerinput"):
+        return
+    DIST.mkdir(parents=True, exist_ok=True)
+    folder, release = k3s_mirror_folder()
+    mirror = contextlib.ExitStack()
+    url = mirror.enter_context(serve_directory(folder, port=MIRROR_PORT))
+    config.add_cleanup(mirror.close)
+    (DIST / "cluster.yaml").write_text(e2e_spec_text(f"{url}/{release}"))
+    ensure_wifi_passphrase(DIST)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def e2e_dist(k3s_mirror):
+def e2e_dist():
     """Every e2e test, and every doit it starts, works in dist/e2e/ on the e2e spec.
 
     From the checkout, with dist/e2e given as a relative path: as a user's default dist/ is.
     """
-    DIST.mkdir(parents=True, exist_ok=True)
     spec_file = DIST / "cluster.yaml"
-    spec_file.write_text(e2e_spec_text(k3s_mirror))
-    ensure_wifi_passphrase(DIST)
     patch = pytest.MonkeyPatch()
     patch.chdir(ROOT)
     patch.setenv("CLUSTEROS_DIST", str(DIST.relative_to(ROOT)))
@@ -108,11 +121,57 @@ def e2e_dist(k3s_mirror):
     patch.undo()
 
 
+def pytest_collection_modifyitems(items):
+    """An e2e module runs whole in one test worker (its module-scoped machines, its fixed names and
+    ports), unless it names a group: the 3-node cluster's modules share one, and so its boot."""
+    for item in items:
+        if item.path.is_relative_to(ROOT / "test" / "e2e") and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
+# -- doit, from two test workers at once ------------------------------------------------------------
+#
+# The suite runs in two pytest-xdist workers (pyproject.toml): the 3-node cluster's modules in one,
+# the other e2e modules and the unit tests in the other. Each doit below holds its dist's lock (one
+# doit at a time on a dist's state database and outputs) and a shared hold on the checkout's (a test
+# that edits a source file takes it alone: every doit reads the sources). What every dist shares,
+# the root file system in the cache and the keys in the state folder, is made under one lock by
+# build(), so that two workers never make it at once.
+
+SOURCES_LOCK = DIST / ".sources.lock"
+INPUTS_LOCK = DIST / ".inputs.lock"
+_editing_sources = False
+
+
+@contextlib.contextmanager
+def flocked(path: Path, operation: int):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as lock:
+        fcntl.flock(lock, operation)
+        yield   # closing the file lets go
+
+
+@contextlib.contextmanager
+def editing_sources():
+    """While a test changes a file of the checkout: no other doit runs (its own need not wait)."""
+    global _editing_sources
+    with flocked(SOURCES_LOCK, fcntl.LOCK_EX):
+        _editing_sources = True
+        try:
+            yield
+        finally:
+            _editing_sources = False
+
+
 def doit(*args: str, timeout: float = 1800, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """doit as a user runs it, on the e2e spec unless `env` names another."""
     env = dict(os.environ) | (env or {})
-    out = subprocess.run([sys.executable, "-m", "doit", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=timeout)
+    with contextlib.ExitStack() as held:
+        if not _editing_sources:
+            held.enter_context(flocked(SOURCES_LOCK, fcntl.LOCK_SH))
+        held.enter_context(flocked(ROOT / env.get("CLUSTEROS_DIST", "dist") / ".e2e-doit.lock", fcntl.LOCK_EX))
+        out = subprocess.run([sys.executable, "-m", "doit", *args], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=timeout)
     # Shown by pytest on failure: the whole story of the run.
     print(f"$ doit {' '.join(args)}\n--- stdout\n{out.stdout}\n--- stderr\n{out.stderr}")
     if check:
@@ -120,9 +179,16 @@ def doit(*args: str, timeout: float = 1800, check: bool = True, env: dict | None
     return out
 
 
+def build(*tasks: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """doit `tasks` in a dist, once the inputs every dist shares are there (made by one worker)."""
+    with flocked(INPUTS_LOCK, fcntl.LOCK_EX):
+        doit("rootfs", "keys", "k3s", env=env)
+    return doit(*tasks, env=env)
+
+
 @pytest.fixture(scope="session")
 def image(e2e_dist) -> Path:
-    doit("image", "raw", "gz")
+    build("image", "raw", "gz")
     return DIST / "democluster.qcow2"
 
 

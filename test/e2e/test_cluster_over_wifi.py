@@ -30,9 +30,9 @@ from clusteros.vm import qemu
 from clusteros.vm.layout import layout
 
 from . import archive
-from .conftest import DIST, ROOT, WIFI, agent_status, doit, forget_everywhere, live_member, relocatable
+from .conftest import DIST, ROOT, WIFI, agent_status, build, forget_everywhere, live_member, relocatable
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("cluster")]   # one worker boots it for all
 
 NODE_RADIO = "02:00:00:00:01:00"   # mac80211_hwsim gives radio N the MAC 02:00:00:00:NN:00
 AP_RADIO = "02:00:00:00:00:00"
@@ -61,8 +61,8 @@ def boot_with_radios(spec: dict) -> qemu.Boot:
 @pytest.fixture(scope="module")
 def wifi_node(running):
     spec_file = variant_spec()
-    doit("image", env={"CLUSTEROS_DIST": str(VARIANT.relative_to(ROOT)),
-                       "CLUSTEROS_SPEC": str(spec_file)})
+    build("image", env={"CLUSTEROS_DIST": str(VARIANT.relative_to(ROOT)),
+                        "CLUSTEROS_SPEC": str(spec_file)})
     spec = load_spec(spec_file)
     vm = layout(spec, 4)[3]
     assert (vm.name, vm.lan_mac) == ("node4", NODE_RADIO)

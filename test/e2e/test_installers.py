@@ -35,13 +35,17 @@ from clusteros.vm.ssh import SSHTarget
 from clusteros_node import k3s, messages, slurm
 
 from ..secret_scan import Needles, scan
-from .conftest import DIST, doit, relocatable, untouched
+from .conftest import DIST, ROOT, build, relocatable, untouched
 
 pytestmark = pytest.mark.e2e
 
 INSTALL_TIMEOUT = 375    # with KVM; scaled under TCG
 SSH_BASE_PORT = 2290
 ACCEL = accel.choose("auto")
+# A dist of their own, built from the same sources on the unattended spec: the cluster's test
+# worker builds dist/e2e on the e2e spec at the same time (and its stranger's PXE set there).
+BUILT = DIST / "installers"
+MACHINES = BUILT / "vm-installers"
 
 
 @dataclass
@@ -72,7 +76,7 @@ def fw_cfg_credential(unattended_spec) -> list[str]:
     """QEMU arguments handing a machine the credential as a test VM gets it. The ISO and PXE
     installs carry none, and their machines have no cluster to be approved by. The files stay
     while the module runs: these machines reboot into the installed system."""
-    directory = DIST / "vm-installers" / "credential"
+    directory = MACHINES / "credential"
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     with credential_files(load_spec(unattended_spec), directory) as files:
@@ -80,19 +84,20 @@ def fw_cfg_credential(unattended_spec) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def installers(image, unattended_spec, fw_cfg_credential) -> dict:
+def installers(unattended_spec, fw_cfg_credential) -> dict:
     """The shareable installers, and the owner's stick as the README makes it: `clusteros flash --credential`
     onto a stick (a loop device here), which must hold what `clusteros owner-stick` writes to a file."""
-    doit("iso", "usb", "pxe", env={"CLUSTEROS_SPEC": str(unattended_spec)})
-    made = DIST / "vm-installers" / "owner-stick.img"
+    build("iso", "usb", "pxe", "gz",   # gz: the secret scan reads every shareable artifact
+          env={"CLUSTEROS_SPEC": str(unattended_spec), "CLUSTEROS_DIST": str(BUILT.relative_to(ROOT))})
+    made = MACHINES / "owner-stick.img"
     made.parent.mkdir(parents=True, exist_ok=True)
     assert clusteros(["owner-stick", str(made), "--spec", str(unattended_spec)]) == 0
     assert made.stat().st_mode & 0o777 == 0o600
-    usb = flashed_stick(DIST / "vm-installers" / "usb.img", unattended_spec)
+    usb = flashed_stick(MACHINES / "usb.img", unattended_spec)
     with open(usb, "rb") as stick, open(made, "rb") as expected:
         assert stick.read(made.stat().st_size) == expected.read(), "the flashed stick is the owner's stick"
     made.unlink()
-    return {"iso": DIST / "democluster-installer.iso", "usb": usb, "pxe": DIST / "pxe",
+    return {"iso": BUILT / "democluster-installer.iso", "usb": usb, "pxe": BUILT / "pxe",
             "spec": load_spec(unattended_spec), "credential": fw_cfg_credential}
 
 
@@ -143,7 +148,7 @@ def qemu_base(machine: Machine, disk: Path, firmware: str, controller: str = "vi
 
 
 def start_install(medium: str, built: dict, number: int) -> Install:
-    machine = Machine(f"install-{medium}", DIST / "vm-installers" / medium)
+    machine = Machine(f"install-{medium}", MACHINES / medium)
     machine.directory.mkdir(parents=True, exist_ok=True)
     disk = empty_disk(machine.directory / "disk.qcow2")
     port = SSH_BASE_PORT + number
@@ -198,7 +203,7 @@ def wait_for_installer(node, success: str, what: str) -> None:
 
 def direct_boot(name: str, pxe: Path, iso: Path, disks: list[Path], cmdline: str) -> Machine:
     """The installer from its kernel and initrd, with the ISO attached as its medium."""
-    machine = Machine(name, DIST / "vm-installers" / name, stop_timeout=5)
+    machine = Machine(name, MACHINES / name, stop_timeout=5)
     machine.directory.mkdir(parents=True, exist_ok=True)
     argv = ["qemu-system-x86_64", "-name", f"{name},process=clusteros-test-{name}",
             "-machine", "q35", *ACCEL.qemu_args, "-m", "768", "-smp", "1", "-no-reboot",
@@ -221,7 +226,7 @@ def wait_gone(machine: Machine, timeout: float = 30) -> None:
 # The refusals run while the three installs are under way: they need no disk of theirs.
 @pytest.mark.usefixtures("installs")
 def test_asking_installer_given_no_answer_wipes_nothing(installers):
-    disk = empty_disk(DIST / "vm-installers" / "refuse-disk.qcow2")
+    disk = empty_disk(MACHINES / "refuse-disk.qcow2")
     with direct_boot("refuse-ask", installers["pxe"], installers["iso"], [disk], "clusteros.install=ask") as machine:
         node = handle(machine, installers["spec"])
         node.wait_for_console_text("or press Enter to cancel:", timeout=150)
@@ -236,7 +241,7 @@ def test_asking_installer_given_no_answer_wipes_nothing(installers):
 def test_unattended_auto_target_refuses_two_empty_disks(installers):
     """The ISO as a CD under UEFI (its default menu entry: unattended, target auto), two empty disks:
     one behind an LSI MegaRAID SAS controller (a Dell PERC's kind: the installer must see it), one virtio."""
-    machine = Machine("refuse-two", DIST / "vm-installers" / "refuse-two", stop_timeout=5)
+    machine = Machine("refuse-two", MACHINES / "refuse-two", stop_timeout=5)
     machine.directory.mkdir(parents=True, exist_ok=True)
     disks = [empty_disk(machine.directory / f"disk{n}.qcow2", "5G") for n in (1, 2)]
     argv = qemu_base(machine, disks[0], "uefi", "scsi-hd,bus=raid.0",
@@ -375,12 +380,12 @@ def secrets_of(spec: dict) -> Needles:
 def test_no_shareable_artifact_holds_a_secret_or_the_test_key(installers):
     """Every byte of each, decompressed where it is compressed; the owner's part as the control."""
     spec, needles = installers["spec"], secrets_of(installers["spec"])
-    shareable = [DIST / f"democluster.{suffix}" for suffix in ("qcow2", "raw", "raw.gz", "data.gz")] + [
-        installers["iso"], DIST / "democluster-usb.img.gz", installers["pxe"]]
+    shareable = [BUILT / f"democluster.{suffix}" for suffix in ("qcow2", "raw", "raw.gz", "data.gz")] + [
+        installers["iso"], BUILT / "democluster-usb.img.gz", installers["pxe"]]
     found = scan(shareable, needles)
     assert found.findings == []
     assert found.read_bytes > 2 * 2**30, "the disks' data was read, not just their headers"
-    part = DIST / "democluster-usb-credential.bin"
+    part = BUILT / "democluster-usb-credential.bin"
     assert part.stat().st_mode & 0o777 == 0o600
     in_part = scan([part], needles).findings
     assert any(f.endswith("(hex)") and ": secret " in f for f in in_part), \

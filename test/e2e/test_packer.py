@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -21,7 +20,7 @@ from clusteros.vm.node import Node
 from clusteros.vm.ssh import SSHTarget
 from clusteros.vm.switch import Switch
 
-from .conftest import ROOT
+from .conftest import ROOT, build
 
 pytestmark = pytest.mark.e2e
 PACKER_DIST = "dist/e2e/packer"    # relative, as the default dist/ is
@@ -34,11 +33,7 @@ def packer_image():
     work.mkdir(parents=True)
     spec_file = work / "cluster.yaml"
     spec_file.write_text((ROOT / "cluster.yaml").read_text().replace("builder: native", "builder: packer"))
-    env = dict(os.environ, CLUSTEROS_SPEC=str(spec_file), CLUSTEROS_DIST=f"{PACKER_DIST}/dist")
-    out = subprocess.run([sys.executable, "-m", "doit", "image"], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=1800)
-    print(out.stdout, out.stderr)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    out = build("image", env={"CLUSTEROS_SPEC": str(spec_file), "CLUSTEROS_DIST": f"{PACKER_DIST}/dist"})
     return work, load_spec(spec_file), out
 
 
