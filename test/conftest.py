@@ -1,4 +1,5 @@
-"""Shared by every test: import paths, and the rule for tests that need a tool.
+"""Shared by every test: import paths, the rule for tests that need a tool, and what each of
+the two test workers runs.
 
 `@pytest.mark.needs("packer")`: where the tool is missing the test is skipped
 with the reason in pytest's summary (`-ra`); in CI (CI set), where every tool is
@@ -6,6 +7,7 @@ installed, a missing tool fails the test instead: nothing is silently skipped th
 """
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -26,3 +28,35 @@ def pytest_runtest_setup(item):
         if os.environ.get("CI"):
             pytest.fail(f"{reason} (CI installs every tool: a missing one is a failure there)")
         pytest.skip(reason)
+
+
+# -- the two test workers (pytest-xdist, --numprocesses=2 in pyproject.toml) ----------------------
+
+# They share one 3-node cluster, booted once. test_image comes last among them: its rebuild edits
+# a source file, and so the image test_vm runs from.
+CLUSTER_MODULES = re.compile(r"test/e2e/(test_cluster\w*|test_image)\.py$")
+
+
+def work_unit(nodeid: str) -> str:
+    """What one worker runs whole, in order: the 3-node cluster's modules together, every other e2e
+    module by itself (its module-scoped machines, its fixed names and ports), each unit test alone.
+
+    The largest unit goes first: the cluster's to one worker, the installers' to the other, and the
+    unit tests fill in wherever a worker is free."""
+    path = nodeid.split("::", 1)[0]
+    if CLUSTER_MODULES.match(path):
+        return "the 3-node cluster"
+    return path if path.startswith("test/e2e/") else nodeid
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    # xdist's own groups (xdist_group marks, --dist loadgroup) ride on rewritten test ids, which
+    # pytest 9.2 no longer lets a plugin rewrite: they silently stop grouping (pytest-xdist #1386).
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduler(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return Scheduler(config, log)

@@ -121,14 +121,6 @@ def e2e_dist():
     patch.undo()
 
 
-def pytest_collection_modifyitems(items):
-    """An e2e module runs whole in one test worker (its module-scoped machines, its fixed names and
-    ports), unless it names a group: the 3-node cluster's modules share one, and so its boot."""
-    for item in items:
-        if item.path.is_relative_to(ROOT / "test" / "e2e") and not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
-
-
 # -- doit, from two test workers at once ------------------------------------------------------------
 #
 # The suite runs in two pytest-xdist workers (pyproject.toml): the 3-node cluster's modules in one,

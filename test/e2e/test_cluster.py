@@ -9,7 +9,7 @@ import pytest
 
 from .conftest import DIST, ROOT, agent_status, doit, pids, statuses
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("cluster")]   # one worker boots it for all
+pytestmark = pytest.mark.e2e
 
 AGENT_CODE = "/usr/local/lib/clusteros/node-agent"
 

@@ -12,7 +12,7 @@ import pytest
 
 from .conftest import agent_status
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("cluster")]   # one worker boots it for all
+pytestmark = pytest.mark.e2e
 
 MPI_RING = (
     "from mpi4py import MPI; import socket; c = MPI.COMM_WORLD; r, n = c.Get_rank(), c.Get_size(); "

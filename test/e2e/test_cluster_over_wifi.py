@@ -32,7 +32,7 @@ from clusteros.vm.layout import layout
 from . import archive
 from .conftest import DIST, ROOT, WIFI, agent_status, build, forget_everywhere, live_member, relocatable
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("cluster")]   # one worker boots it for all
+pytestmark = pytest.mark.e2e
 
 NODE_RADIO = "02:00:00:00:01:00"   # mac80211_hwsim gives radio N the MAC 02:00:00:00:NN:00
 AP_RADIO = "02:00:00:00:00:00"

@@ -27,7 +27,7 @@ from .conftest import DIST, agent_status, doit, forget_everywhere, live_member, 
 from .test_cluster import payload_for, send
 from .test_cluster_compute import cpu_count
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("cluster")]   # one worker boots it for all
+pytestmark = pytest.mark.e2e
 
 
 def controller_of(running) -> str:

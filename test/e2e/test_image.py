@@ -18,7 +18,7 @@ import pytest
 
 from .conftest import DIST, ROOT, doit, editing_sources
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("cluster")]
+pytestmark = pytest.mark.e2e
 
 
 def test_outputs_exist_with_their_checksums(image):
