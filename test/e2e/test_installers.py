@@ -72,7 +72,16 @@ def unattended_spec(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fw_cfg_credential(unattended_spec) -> list[str]:
+def built(unattended_spec) -> Path:
+    """The installers' dist: the image, the ISO, the USB image and the PXE set (and so the
+    cluster's keys, made by the first build on a fresh machine)."""
+    build("iso", "usb", "pxe", "gz",   # gz: the secret scan reads every shareable artifact
+          env={"CLUSTEROS_SPEC": str(unattended_spec), "CLUSTEROS_DIST": str(BUILT.relative_to(ROOT))})
+    return BUILT
+
+
+@pytest.fixture(scope="module")
+def fw_cfg_credential(built, unattended_spec) -> list[str]:
     """QEMU arguments handing a machine the credential as a test VM gets it. The ISO and PXE
     installs carry none, and their machines have no cluster to be approved by. The files stay
     while the module runs: these machines reboot into the installed system."""
@@ -84,11 +93,9 @@ def fw_cfg_credential(unattended_spec) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def installers(unattended_spec, fw_cfg_credential) -> dict:
+def installers(built, unattended_spec, fw_cfg_credential) -> dict:
     """The shareable installers, and the owner's stick as the README makes it: `clusteros flash --credential`
     onto a stick (a loop device here), which must hold what `clusteros owner-stick` writes to a file."""
-    build("iso", "usb", "pxe", "gz",   # gz: the secret scan reads every shareable artifact
-          env={"CLUSTEROS_SPEC": str(unattended_spec), "CLUSTEROS_DIST": str(BUILT.relative_to(ROOT))})
     made = MACHINES / "owner-stick.img"
     made.parent.mkdir(parents=True, exist_ok=True)
     assert clusteros(["owner-stick", str(made), "--spec", str(unattended_spec)]) == 0
@@ -97,7 +104,7 @@ def installers(unattended_spec, fw_cfg_credential) -> dict:
     with open(usb, "rb") as stick, open(made, "rb") as expected:
         assert stick.read(made.stat().st_size) == expected.read(), "the flashed stick is the owner's stick"
     made.unlink()
-    return {"iso": BUILT / "democluster-installer.iso", "usb": usb, "pxe": BUILT / "pxe",
+    return {"iso": built / "democluster-installer.iso", "usb": usb, "pxe": built / "pxe",
             "spec": load_spec(unattended_spec), "credential": fw_cfg_credential}
 
 
