@@ -71,12 +71,19 @@ def unattended_spec(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def installers_dist():
+    """The dist `clusteros` finds here, run in this process as a user runs it after `doit usb`."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CLUSTEROS_DIST", str(BUILT.relative_to(ROOT)))
+        yield BUILT
+
+
 @pytest.fixture(scope="module")
 def built(unattended_spec) -> Path:
     """The installers' dist: the image, the ISO, the USB image and the PXE set (and so the
     cluster's keys, made by the first build on a fresh machine)."""
-    build("iso", "usb", "pxe", "gz",   # gz: the secret scan reads every shareable artifact
-          env={"CLUSTEROS_SPEC": str(unattended_spec), "CLUSTEROS_DIST": str(BUILT.relative_to(ROOT))})
+    build("iso", "usb", "pxe", "gz", env={"CLUSTEROS_SPEC": str(unattended_spec)})   # gz: the secret scan reads it
     return BUILT
 
 
