@@ -35,6 +35,7 @@ def pytest_runtest_setup(item):
 # They share one 3-node cluster, booted once. test_image comes last among them: its rebuild edits
 # a source file, and so the image test_vm runs from.
 CLUSTER_MODULES = re.compile(r"test/e2e/(test_cluster\w*|test_image)\.py$")
+CLUSTER_UNIT = "the 3-node cluster"
 
 
 def work_unit(nodeid: str) -> str:
@@ -45,7 +46,7 @@ def work_unit(nodeid: str) -> str:
     unit tests fill in wherever a worker is free."""
     path = nodeid.split("::", 1)[0]
     if CLUSTER_MODULES.match(path):
-        return "the 3-node cluster"
+        return CLUSTER_UNIT
     return path if path.startswith("test/e2e/") else nodeid
 
 

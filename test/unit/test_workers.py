@@ -4,7 +4,7 @@
 import ast
 from pathlib import Path
 
-from ..conftest import ROOT, work_unit
+from ..conftest import CLUSTER_UNIT, ROOT, work_unit
 
 E2E = ROOT / "test" / "e2e"
 
@@ -23,7 +23,7 @@ def test_every_module_on_the_running_cluster_is_in_the_clusters_unit_and_no_othe
     for module in modules:
         unit = work_unit(f"test/e2e/{module.name}::test_x")
         if module.name in on_cluster or module.name == "test_image.py":
-            assert unit == "the 3-node cluster", module.name
+            assert unit == CLUSTER_UNIT, module.name
         else:
             assert unit == f"test/e2e/{module.name}", module.name
 
