@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import CLUSTER_UNIT, work_unit
 from ..local_http import serve_directory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,22 +119,6 @@ def e2e_dist():
     patch.delenv("CLUSTEROS_DOIT_DB", raising=False)
     yield DIST
     patch.undo()
-
-
-# Beside the cluster's worker, a module's machines and builds run at a lower CPU priority. The
-# cluster's tests are the longest path of the run: a boot, an election or a job that waits for
-# CPU there makes the whole run longer, while the other worker's modules finish well before it.
-BESIDE_THE_CLUSTER_NICE = 10
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cpu_priority(request):
-    beside = hasattr(request.config, "workerinput") and work_unit(request.node.nodeid) != CLUSTER_UNIT
-    if beside:   # this thread's priority, inherited by every process it starts from now on
-        os.setpriority(os.PRIO_PROCESS, 0, BESIDE_THE_CLUSTER_NICE)
-    yield
-    if beside:
-        os.setpriority(os.PRIO_PROCESS, 0, 0)
 
 
 # -- doit, from two test workers at once ------------------------------------------------------------
