@@ -21,12 +21,16 @@ import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from clusteros import atomic
 
 from ..local_http import serve_directory
 
@@ -38,19 +42,30 @@ K3S_VERSION = "v1.31.4+k3s1"
 MIRROR_PORT = 47180   # fixed, so that the spec (and so the image) is the same from one run to the next
 
 
-def k3s_mirror_folder() -> tuple[Path, str]:
-    """The K3s release page's folder, and the name of the release under it.
+STANDIN = ROOT / "test" / "e2e" / "k3s_standin.py"
+# The URL names the stand-in's hash: a real release never changes under its version, so the k3s
+# task rightly keys its download on the spec alone; a changed stand-in is a new URL, and so a new
+# download and a new image.
+STANDIN_RELEASE = hashlib.sha256(STANDIN.read_bytes()).hexdigest()[:12]
+K3S_RELEASE_URL = f"http://127.0.0.1:{MIRROR_PORT}/{STANDIN_RELEASE}"
 
-    The mirror's URL names the stand-in's hash: a real release never changes under its
-    version, so the k3s task rightly keys its download on the spec alone; a changed
-    stand-in is a new URL, and so a new download and a new image."""
-    binary = (ROOT / "test" / "e2e" / "k3s_standin.py").read_bytes()
-    digest = hashlib.sha256(binary).hexdigest()
-    mirror = DIST / "k3s-release" / digest[:12]
-    (mirror / K3S_VERSION).mkdir(parents=True, exist_ok=True)
-    (mirror / K3S_VERSION / "k3s").write_bytes(binary)
-    (mirror / K3S_VERSION / "sha256sum-amd64.txt").write_text(f"{digest}  k3s\n")
-    return mirror.parent, digest[:12]
+
+@contextlib.contextmanager
+def k3s_mirror():
+    """The K3s release page, on 127.0.0.1:MIRROR_PORT, with the stand-in as its k3s binary.
+
+    Served while build() makes the inputs every dist shares: the k3s task fetches the release
+    once into the download cache, where every later build in any dist finds it."""
+    binary = STANDIN.read_bytes()
+    release = DIST / "k3s-release" / STANDIN_RELEASE / K3S_VERSION
+    release.mkdir(parents=True, exist_ok=True)
+    (release / "k3s").write_bytes(binary)
+    (release / "sha256sum-amd64.txt").write_text(f"{hashlib.sha256(binary).hexdigest()}  k3s\n")
+    with serve_directory(DIST / "k3s-release", port=MIRROR_PORT) as url:
+        if url != K3S_RELEASE_URL.rsplit("/", 1)[0]:
+            pytest.fail(f"127.0.0.1:{MIRROR_PORT} is taken: the e2e spec's K3s mirror is served there "
+                        f"(`ss -ltnp 'sport = :{MIRROR_PORT}'` names what holds it)")
+        yield
 
 
 WIFI = {"ssid": "clusteros-e2e", "country": "DE"}   # DE, not the default: the test sees it was set
@@ -77,30 +92,22 @@ def relocatable(spec_text: str) -> str:
 
 
 def ensure_wifi_passphrase(folder: Path) -> Path:
-    """The e2e network's passphrase (0600), made once: a secret like any other, which no image may hold."""
+    """The e2e network's passphrase (0600), made once: a secret like any other, which no image may hold.
+
+    Written whole under another name and linked into place: the other test worker, making it at
+    the same moment, either links first or finds the whole file."""
     path = folder / WIFI_PSK_FILE
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    if path.exists():
+        return path
+    fd, part = tempfile.mkstemp(prefix=f".{WIFI_PSK_FILE}.", dir=folder)   # 0600
+    try:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(24) + "\n")
+        with contextlib.suppress(FileExistsError):
+            os.link(part, path)
+    finally:
+        os.unlink(part)
     return path
-
-
-# -- once per run: the spec, the WiFi key and the K3s mirror --------------------------------------
-
-def pytest_configure(config):
-    """Made and served by the process that outlives the test workers (pytest-xdist's controller;
-    pytest itself with -n 0): the workers build from one spec file, and only one process can
-    serve the mirror's fixed port."""
-    if hasattr(config, "workerinput"):
-        return
-    DIST.mkdir(parents=True, exist_ok=True)
-    folder, release = k3s_mirror_folder()
-    mirror = contextlib.ExitStack()
-    url = mirror.enter_context(serve_directory(folder, port=MIRROR_PORT))
-    config.add_cleanup(mirror.close)
-    (DIST / "cluster.yaml").write_text(e2e_spec_text(f"{url}/{release}"))
-    ensure_wifi_passphrase(DIST)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -108,8 +115,14 @@ def e2e_dist():
     """Every e2e test, and every doit it starts, works in dist/e2e/ on the e2e spec.
 
     From the checkout, with dist/e2e given as a relative path: as a user's default dist/ is.
+    Each test worker writes the same spec (atomically, and only if it changed).
     """
+    DIST.mkdir(parents=True, exist_ok=True)
     spec_file = DIST / "cluster.yaml"
+    text = e2e_spec_text(K3S_RELEASE_URL)
+    if not spec_file.exists() or spec_file.read_text() != text:
+        atomic.write_text(spec_file, text)
+    ensure_wifi_passphrase(DIST)
     patch = pytest.MonkeyPatch()
     patch.chdir(ROOT)
     patch.setenv("CLUSTEROS_DIST", str(DIST.relative_to(ROOT)))
@@ -127,8 +140,8 @@ def e2e_dist():
 # the other e2e modules and the unit tests in the other. Each doit below holds its dist's lock (one
 # doit at a time on a dist's state database and outputs) and a shared hold on the checkout's (a test
 # that edits a source file takes it alone: every doit reads the sources). What every dist shares,
-# the root file system in the cache and the keys in the state folder, is made under one lock by
-# build(), so that two workers never make it at once.
+# the root file system and the K3s release in the cache and the keys in the state folder, is made
+# under one lock by build(), so that two workers never make it at once.
 
 SOURCES_LOCK = DIST / ".sources.lock"
 INPUTS_LOCK = DIST / ".inputs.lock"
@@ -162,8 +175,7 @@ def doit(*args: str, timeout: float = 1800, check: bool = True, env: dict | None
         if not _editing_sources:
             held.enter_context(flocked(SOURCES_LOCK, fcntl.LOCK_SH))
         held.enter_context(flocked(ROOT / env.get("CLUSTEROS_DIST", "dist") / ".e2e-doit.lock", fcntl.LOCK_EX))
-        out = subprocess.run([sys.executable, "-m", "doit", *args], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=timeout)
+        out = run_whole([sys.executable, "-m", "doit", *args], env, timeout)
     # Shown by pytest on failure: the whole story of the run.
     print(f"$ doit {' '.join(args)}\n--- stdout\n{out.stdout}\n--- stderr\n{out.stderr}")
     if check:
@@ -171,9 +183,24 @@ def doit(*args: str, timeout: float = 1800, check: bool = True, env: dict | None
     return out
 
 
+def run_whole(argv: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """Run `argv` from the checkout in a process group of its own. Past `timeout` the whole group is
+    killed (mmdebstrap, pigz... with it), so that nothing of it writes on once its locks are let go;
+    on Ctrl-C the group gets the SIGINT the terminal no longer sends it."""
+    with subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt) as stopped:
+            os.killpg(process.pid, signal.SIGINT if isinstance(stopped, KeyboardInterrupt) else signal.SIGKILL)
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
+
+
 def build(*tasks: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """doit `tasks` in a dist, once the inputs every dist shares are there (made by one worker)."""
-    with flocked(INPUTS_LOCK, fcntl.LOCK_EX):
+    with flocked(INPUTS_LOCK, fcntl.LOCK_EX), k3s_mirror():
         doit("rootfs", "keys", "k3s", env=env)
     return doit(*tasks, env=env)
 
