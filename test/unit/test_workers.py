@@ -10,9 +10,11 @@ E2E = ROOT / "test" / "e2e"
 
 
 def uses_the_running_cluster(module: Path) -> bool:
-    """A test or fixture of the module takes the session's `running` cluster."""
+    """A test or fixture of the module takes the session's `running` cluster: as an argument, or
+    by name (`usefixtures("running")`, `request.getfixturevalue("running")`)."""
     tree = ast.parse(module.read_text())
-    return any(isinstance(node, ast.FunctionDef) and "running" in [a.arg for a in node.args.args]
+    return any((isinstance(node, ast.FunctionDef) and "running" in [a.arg for a in node.args.args])
+               or (isinstance(node, ast.Constant) and node.value == "running")
                for node in ast.walk(tree))
 
 
