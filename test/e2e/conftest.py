@@ -21,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,8 +47,8 @@ STANDIN = ROOT / "test" / "e2e" / "k3s_standin.py"
 # The URL names the stand-in's hash: a real release never changes under its version, so the k3s
 # task rightly keys its download on the spec alone; a changed stand-in is a new URL, and so a new
 # download and a new image.
-STANDIN_RELEASE = hashlib.sha256(STANDIN.read_bytes()).hexdigest()[:12]
-K3S_RELEASE_URL = f"http://127.0.0.1:{MIRROR_PORT}/{STANDIN_RELEASE}"
+STANDIN_SHA256 = hashlib.sha256(STANDIN.read_bytes()).hexdigest()
+K3S_RELEASE_URL = f"http://127.0.0.1:{MIRROR_PORT}/{STANDIN_SHA256[:12]}"
 
 
 @contextlib.contextmanager
@@ -56,11 +57,10 @@ def k3s_mirror():
 
     Served while build() makes the inputs every dist shares: the k3s task fetches the release
     once into the download cache, where every later build in any dist finds it."""
-    binary = STANDIN.read_bytes()
-    release = DIST / "k3s-release" / STANDIN_RELEASE / K3S_VERSION
+    release = DIST / "k3s-release" / STANDIN_SHA256[:12] / K3S_VERSION
     release.mkdir(parents=True, exist_ok=True)
-    (release / "k3s").write_bytes(binary)
-    (release / "sha256sum-amd64.txt").write_text(f"{hashlib.sha256(binary).hexdigest()}  k3s\n")
+    shutil.copyfile(STANDIN, release / "k3s")
+    (release / "sha256sum-amd64.txt").write_text(f"{STANDIN_SHA256}  k3s\n")
     with contextlib.ExitStack() as serving:
         try:
             serving.enter_context(serve_directory(DIST / "k3s-release", port=MIRROR_PORT))
