@@ -33,7 +33,9 @@ UNITS_MASKED = ["e2scrub_reap.service", "e2scrub_all.timer", "apt-daily.timer", 
                 "systemd-update-utmp.service", "systemd-update-utmp-runlevel.service",
                 "modprobe@drm.service", "modprobe@dm_mod.service",
                 # NFSv4 needs no portmapper and no lock daemon (nfs.conf.d/clusteros.conf).
-                "rpcbind.service", "rpcbind.socket", "rpc-statd.service", "rpc-statd-notify.service"]
+                "rpcbind.service", "rpcbind.socket", "rpc-statd.service", "rpc-statd-notify.service",
+                # pNFS block layouts (a SAN's shared disks): the shared home is plain NFSv4.
+                "nfs-blkmap.service"]
 # Generators for setups a node never has (encrypted or verity disks, hibernation, SysV scripts): each
 # runs at every boot, and under emulation each costs a fraction of a second.
 GENERATORS_MASKED = ["systemd-cryptsetup-generator", "systemd-integritysetup-generator",

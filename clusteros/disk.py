@@ -118,7 +118,9 @@ def fstab(ids: DiskIds) -> str:
     esp_uuid = f"{ids.esp_volume[:4]}-{ids.esp_volume[4:]}"
     return ("# <file system>  <mount point>  <type>  <options>  <dump>  <pass>\n"
             f"UUID={ids.root_fs}  /  ext4  defaults,noatime,errors=remount-ro  0  1\n"
-            f"UUID={esp_uuid}  /boot/efi  vfat  umask=0077,nofail  0  2\n")
+            # The ESP is mounted when something opens it (a kernel or boot loader update), not at
+            # every boot: its fsck and mount cost an emulated node seconds it is waiting for SSH.
+            f"UUID={esp_uuid}  /boot/efi  vfat  umask=0077,nofail,noauto,x-systemd.automount  0  2\n")
 
 
 def assemble(disk: Path, tree: Path, work: Path, ids: DiskIds, disk_bytes: int, epoch: int) -> None:

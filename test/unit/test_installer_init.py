@@ -159,11 +159,11 @@ def test_the_list_shows_size_model_and_state(machine):
 
 @pytest.mark.needs("shellcheck")
 def test_every_shell_script_passes_shellcheck():
-    scripts = [INIT, ROOT / "images/installer/udhcpc.script", ROOT / "images/common/provision.sh",
-               ROOT / "images/common/overlay/usr/local/sbin/clusteros-growroot",
-               ROOT / "images/common/overlay/usr/local/sbin/clusteros-identity", ROOT / "images/vm-boot/init",
-               ROOT / "images/common/overlay/usr/local/bin/clusteros-node", ROOT / "scripts/install-prereqs.sh",
-               ROOT / ".ci/run"]
+    shells = (b"#!/bin/sh", b"#!/bin/bash", b"#!/usr/bin/env bash")
+    scripts = sorted({p for p in (ROOT / "images").rglob("*") if p.is_file() and p.read_bytes().startswith(shells)}
+                     | {INIT, ROOT / "images/installer/udhcpc.script", ROOT / "scripts/install-prereqs.sh",
+                        ROOT / ".ci/run"})
+    assert ROOT / "images/common/overlay/usr/local/sbin/clusteros-ssh-ready" in scripts
     out = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout
 
