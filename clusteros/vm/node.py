@@ -26,6 +26,10 @@ from clusteros.vm.ssh import NO_CONNECTION, SSHTarget
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 120.0     # seconds with KVM; scaled for TCG
 COMMAND_TIMEOUT = 60.0
+# What the image's ssh.service prints on the console once sshd listens (clusteros-ssh-ready).
+SSH_READY = "clusteros: SSH ready on "
+BLIND_TRY_EVERY = 10.0      # seconds between SSH tries while the console has not said so
+CONSOLE_POLL = 0.25         # seconds between reads of the console log while waiting for SSH
 
 
 class NodeCommandFailed(ClusterOSError, AssertionError):
@@ -104,12 +108,37 @@ class Node:
     def wait_until_fails(self, command: str, timeout: float = DEFAULT_TIMEOUT) -> str:
         return self.retry(lambda: self.fail(command), timeout)
 
-    def wait_for_ssh(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def ssh_announcements(self) -> int:
+        """How many times the console has said SSH is ready (once a boot, from the image's ssh.service)."""
+        return self.machine.console_text().count(SSH_READY)
+
+    def wait_for_ssh(self, timeout: float = DEFAULT_TIMEOUT, *, announced_before: int = 0) -> None:
+        """Until a command runs over SSH, tried as soon as the console says sshd listens.
+
+        The console is read every CONSOLE_POLL s, which costs the guest nothing; a try at the port
+        before sshd listens is held by QEMU's user network until the guest's network is up, and
+        then costs the guest an sshd for a client long gone. Until the console has said it more
+        than `announced_before` times (its count before a reboot), SSH is tried only every
+        BLIND_TRY_EVERY s, for an image or a console that never says it.
+        """
+        started = time.monotonic()
+        next_blind = started + BLIND_TRY_EVERY
+        next_try = started
+
         def reachable() -> None:
+            nonlocal next_blind, next_try
             if not self.machine.is_alive():
                 raise ClusterOSError(f"{self.name}: QEMU is not running", fix=f"see {self.machine.log}")
+            now = time.monotonic()
+            if self.ssh_announcements() > announced_before:
+                assert now >= next_try, f"{self.name}: SSH is ready but did not answer yet"
+            elif now >= next_blind:
+                next_blind = now + BLIND_TRY_EVERY
+            else:
+                raise AssertionError(f"{self.name}: the console has not said SSH is ready yet")
+            next_try = now + self.poll
             self.succeed("true", timeout=30)
-        self.retry(reachable, timeout)
+        self.retry(reachable, timeout, every=CONSOLE_POLL)
 
     def wait_for_unit(self, unit: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         """Until `unit` is active. A unit that has failed ends the wait at once, with its journal."""
@@ -136,14 +165,13 @@ class Node:
     def reboot(self, timeout: float = DEFAULT_TIMEOUT) -> None:
         """Reboot the guest as its owner would (systemctl reboot); returns once it is back on SSH."""
         boot_id = self.succeed("cat /proc/sys/kernel/random/boot_id").strip()
+        announced = self.ssh_announcements()
         self.execute("sudo systemctl reboot", timeout=30)   # the connection may drop before it answers
-
-        def rebooted() -> None:
-            if not self.machine.is_alive():
-                raise ClusterOSError(f"{self.name}: QEMU stopped while rebooting", fix=f"see {self.machine.log}")
-            now = self.succeed("cat /proc/sys/kernel/random/boot_id", timeout=30).strip()
-            assert now != boot_id, f"{self.name} has not rebooted yet"
-        self.retry(rebooted, timeout)
+        self.wait_for_ssh(timeout, announced_before=announced)
+        now = self.succeed("cat /proc/sys/kernel/random/boot_id", timeout=30).strip()
+        if now == boot_id:
+            raise NodeCommandFailed(f"{self.name}: answered over SSH after `systemctl reboot` "
+                                    "without having rebooted (same boot id)")
 
     def shutdown(self, timeout: float = DEFAULT_TIMEOUT) -> bool:
         """ACPI power button; True once the guest has powered off."""

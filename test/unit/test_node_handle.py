@@ -5,11 +5,13 @@ statuses, output and timeouts; the console is a real file where QEMU would write
 """
 
 import subprocess
+import threading
 import time
 
 import pytest
 
 from clusteros.errors import ClusterOSError
+from clusteros.vm import node as node_mod
 from clusteros.vm.machine import Machine
 from clusteros.vm.node import Node, NodeCommandFailed, retry
 from clusteros.vm.ssh import NO_CONNECTION
@@ -100,3 +102,61 @@ def test_retry_scales_its_deadline():
     with pytest.raises(AssertionError, match="not yet"):
         retry(never, 10, scale=0.02, every=0.04)
     assert 0.18 < time.monotonic() - started < 1.5 and len(calls) >= 4
+
+
+class RunningMachine(Machine):
+    def is_alive(self) -> bool:
+        return True
+
+
+class CountingShell(LocalShell):
+    """Every SSH try, timed: a node answers only once its sshd listens."""
+
+    def __init__(self):
+        self.tries: list[float] = []
+
+    def run(self, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        self.tries.append(time.monotonic())
+        return super().run(command, timeout)
+
+
+@pytest.fixture
+def booting(tmp_path, monkeypatch):
+    machine = RunningMachine("node1", tmp_path / "node1")
+    machine.directory.mkdir()
+    machine.serial_log.write_text("[    2.1] Linux version ...\r\n")
+    return Node("node1", machine, CountingShell(), scale=0.01, poll=0.1)
+
+
+def say_ssh_ready_after(node: Node, seconds: float) -> None:
+    def later():
+        time.sleep(seconds)
+        with node.machine.serial_log.open("a") as console:
+            console.write("clusteros: SSH ready on node1: ED25519 SHA256:abc\r\n")
+    threading.Thread(target=later, daemon=True).start()
+
+
+def test_ssh_is_tried_when_the_console_says_it_is_ready_and_not_before(booting, monkeypatch):
+    monkeypatch.setattr(node_mod, "BLIND_TRY_EVERY", 100.0)
+    started = time.monotonic()
+    say_ssh_ready_after(booting, 0.5)
+    booting.wait_for_ssh(timeout=500)
+    assert len(booting.ssh.tries) == 1 and 0.5 <= booting.ssh.tries[0] - started < 1.0
+
+
+def test_a_console_that_never_says_so_still_gets_a_try_every_while(booting, monkeypatch):
+    monkeypatch.setattr(node_mod, "BLIND_TRY_EVERY", 0.3)
+    started = time.monotonic()
+    booting.wait_for_ssh(timeout=500)
+    assert len(booting.ssh.tries) == 1 and booting.ssh.tries[0] - started >= 0.3
+
+
+def test_after_a_reboot_only_the_new_boot_saying_so_counts(booting, monkeypatch):
+    monkeypatch.setattr(node_mod, "BLIND_TRY_EVERY", 100.0)
+    say_ssh_ready_after(booting, 0)
+    time.sleep(0.1)
+    assert booting.ssh_announcements() == 1
+    started = time.monotonic()
+    say_ssh_ready_after(booting, 0.4)
+    booting.wait_for_ssh(timeout=500, announced_before=1)
+    assert len(booting.ssh.tries) == 1 and booting.ssh.tries[0] - started >= 0.4
