@@ -17,6 +17,7 @@ Packer 1.6.6 (Debian 12) has the QEMU builder built in and knows no
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -114,7 +115,9 @@ def _source(spec: dict, job: PackerJob) -> dict:
         "headless": True,
         # Ubuntu's live installer runs from RAM and does not start in the 1 GiB a test node gets.
         "memory": max(vm["memory"], 1024 if native else 3072),
-        "cpus": vm["cpus"],
+        # auto: every core the host gives this process (vm.cpus shares them among a cluster's VMs;
+        # Packer's build machine runs alone).
+        "cpus": len(os.sched_getaffinity(0)) if vm["cpus"] == "auto" else vm["cpus"],
         "vnc_bind_address": "127.0.0.1",
         "vnc_use_password": True,     # 127.0.0.1 is open to every user of the host: a password shuts them out
         "ssh_username": spec["image"]["users"][0]["name"],

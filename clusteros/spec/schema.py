@@ -145,7 +145,12 @@ def _duplicates(schema, error, path, value) -> list[Problem]:
 
 
 def _no_branch(schema, error, path, value) -> list[Problem]:
-    """nodes: a count or a list. Report against the branch the user obviously meant."""
+    """A value that is none of its choices (oneOf). nodes, a count or a list: report against the
+    branch the user obviously meant; any other: name the choices."""
+    branches = [resolve_ref(schema, b) for b in error.validator_value]
+    if not any(b.get("type") in ("object", "array") for b in branches):
+        choices = " nor ".join(_choice(b) for b in branches)
+        return [Problem(format_path(path), f"{value!r} is neither {choices}")]
     if error.context and isinstance(value, (list, dict)):
         branch = [e for e in error.context if (e.schema_path[0] == 1) == isinstance(value, list)]
         problems = [p for sub in branch for p in describe(schema, sub)]
@@ -153,6 +158,14 @@ def _no_branch(schema, error, path, value) -> list[Problem]:
             return problems
     return [Problem(format_path(path), f"{value!r} is neither a node count nor a node list",
                     "write `nodes: {count: 3}` or a list of `- name: node1`")]
+
+
+def _choice(branch: dict) -> str:
+    if "const" in branch:
+        return repr(branch["const"])
+    if "minimum" in branch and "maximum" in branch:
+        return f"{_a(branch['type'])} from {branch['minimum']} to {branch['maximum']}"
+    return _a(branch.get("type", "value"))
 
 
 _DESCRIBERS = {

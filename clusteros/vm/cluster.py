@@ -163,7 +163,8 @@ def up(spec: dict, qcow2: Path, manifest: Path, count: int) -> list[VMNode]:
 
 
 def _stop_what_does_not_belong(spec: dict, nodes: list[VMNode], image_id: str, boot: qemu.Boot) -> None:
-    """Nodes on an older image or another way of booting all restart; nodes beyond `count` stop."""
+    """Nodes on an older image or another way of booting all restart; a node given other CPUs or
+    memory restarts; nodes beyond `count` stop."""
     state = load_state()
     if state and (state["image_sha256"] != image_id or state.get("boot") != boot.describe()):
         runner.say("test_vm", "the image or the way it boots changed since the nodes started: "
@@ -171,10 +172,18 @@ def _stop_what_does_not_belong(spec: dict, nodes: list[VMNode], image_id: str, b
         stop(spec)
         remove_overlays()
         return
-    wanted = {n.name for n in nodes}
-    for extra in [VMNode(**n) for n in (state or {}).get("nodes", []) if n["name"] not in wanted]:
-        runner.say("test_vm", f"{extra.name}: not in a {len(nodes)}-node cluster; stopping it")
-        machine(extra).stop(scale_of(state) * STOP_TIMEOUT)
+    wanted = {n.name: n for n in nodes}
+    for was in [VMNode(**n) for n in (state or {}).get("nodes", [])]:
+        now = wanted.get(was.name)
+        if now is None:
+            runner.say("test_vm", f"{was.name}: not in a {len(nodes)}-node cluster; stopping it")
+        elif (was.cpus, was.memory) != (now.cpus, now.memory) and machine(was).is_alive():
+            # vm.cpus auto gives a node more CPUs in a smaller cluster: a cluster is all of one size.
+            runner.say("test_vm", f"{was.name}: restarting with {now.cpus} CPUs and {now.memory} MiB "
+                                  f"(running with {was.cpus} and {was.memory})")
+        else:
+            continue
+        machine(was).stop(scale_of(state) * STOP_TIMEOUT)
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ def test_minimal_spec_gets_every_default_from_the_schema(tmp_path):
     slurm = spec["services"]["slurm"]
     assert (slurm["storage_node"], slurm["shared_home"], slurm["accounting"], slurm["mpi_network"]) == \
         ("node1", True, True, "wg0")
-    assert spec["vm"] == {"memory": 1024, "cpus": 1, "ssh_base_port": 2223, "accel": "auto",
+    assert spec["vm"] == {"memory": 1024, "cpus": "auto", "ssh_base_port": 2223, "accel": "auto",
                           "boot": "direct", "firmware": "bios", "boot_timeout": 120, "nodes": 3, "tests": []}
     assert spec["installer"] == {"unattended": False, "target": "auto", "on_done": "reboot"}
 

@@ -32,9 +32,17 @@ def test_five_nodes_get_deterministic_macs_ports_and_addresses(spec):
 def test_node_overrides_from_the_spec_list(tmp_path):
     spec = check_spec_data(b"cluster: {name: lab}\nnodes: [{name: big, memory: 4096, cpus: 2}, {name: small}]\n",
                            "t", tmp_path)
-    big, small = layout.layout(spec, 2)
+    big, small = layout.layout(spec, 2, host_cpus=8)
     assert (big.name, big.memory, big.cpus) == ("big", 4096, 2)
-    assert (small.memory, small.cpus) == (1024, 1)
+    assert (small.memory, small.cpus) == (1024, 4)
+
+
+def test_auto_cpus_share_the_hosts_cores_among_the_vms_one_at_least(spec):
+    assert spec["vm"]["cpus"] == "auto"
+    assert [n.cpus for n in layout.layout(spec, 1, host_cpus=2)] == [2]
+    assert [n.cpus for n in layout.layout(spec, 3, host_cpus=2)] == [1, 1, 1]
+    assert [n.cpus for n in layout.layout(spec, 3, host_cpus=8)] == [2, 2, 2]
+    assert [n.cpus for n in layout.layout({**spec, "vm": {**spec["vm"], "cpus": 3}}, 1, host_cpus=2)] == [3]
 
 
 def test_node_count_from_the_command_line(spec):
@@ -85,3 +93,23 @@ def test_the_storage_node_stops_after_the_members_that_mount_its_home(spec):
     spec["services"]["slurm"]["enabled"] = False
     assert [[n.name for n in wave] for wave in cluster.stop_order(spec, nodes)] == \
         [["node1", "node2", "node3", "node4"]], "no shared home: all at once"
+
+
+def test_a_running_node_whose_size_changed_restarts_and_the_rest_stay(spec, tmp_path, monkeypatch):
+    """`doit test_vm --nodes 1` on 2 cores gives node1 both; a 3-node cluster then gives each one."""
+    monkeypatch.setenv("CLUSTEROS_DIST", str(tmp_path))
+    was = layout.layout(spec, 2, host_cpus=4)                  # 2 CPUs each
+    (tmp_path / "vm").mkdir()
+    cluster.state_file().write_text(cluster.json.dumps({
+        "image_sha256": "i", "boot": "b", "accel": "kvm", "nodes": [n.__dict__ for n in was]}))
+    stopped = []
+    monkeypatch.setattr(cluster.Machine, "is_alive", lambda self: True)
+    monkeypatch.setattr(cluster.Machine, "stop", lambda self, timeout: stopped.append(self.name))
+    boot = type("Boot", (), {"describe": lambda self: "b"})()
+    cluster._stop_what_does_not_belong(spec, layout.layout(spec, 2, host_cpus=4), "i", boot)
+    assert stopped == [], "nothing changed: nothing restarts"
+    cluster._stop_what_does_not_belong(spec, layout.layout(spec, 3, host_cpus=4), "i", boot)
+    assert stopped == ["node1", "node2"], "1 CPU each now: both restart"
+    stopped.clear()
+    cluster._stop_what_does_not_belong(spec, layout.layout(spec, 1, host_cpus=4)[:1], "i", boot)
+    assert stopped == ["node1", "node2"], "node1 gets 4 CPUs now, node2 is not in a 1-node cluster"
