@@ -146,9 +146,7 @@ class Agent:
         return messages.encode_announcement(self.payload(), self.credential.generation, self.credential.announce_key)
 
     def slurm_nodes(self) -> tuple[str, ...]:
-        """What a controller announces as SLURM's nodes: those its slurmctld runs with, not yet every
-        member it knows (a worker waits for its name here before it starts slurmd)."""
-        return self.slurm.serving if self.controller == self.me.name else ()
+        return tuple(sorted(self.registry.bindings)) if self.controller == self.me.name else ()
 
     # -- what it hears ------------------------------------------------------
 

@@ -103,12 +103,6 @@ def ensure_munge(secret: bytes) -> None:
         system.run("systemctl", "start", "munge.service")
 
 
-def node_names(conf: str) -> tuple[str, ...]:
-    """The nodes a slurm.conf names (its NodeName= lines), sorted."""
-    return tuple(sorted(line.split()[0].split("=", 1)[1] for line in conf.splitlines()
-                        if line.startswith("NodeName=")))
-
-
 def _needs_restart(before: str, after: str) -> bool:
     """Nodes and the accounting host are read at start only (a reconfigure cannot change them)."""
     def at_start(conf: str) -> list[str]:
@@ -123,11 +117,6 @@ class Slurm:
         self.role: str | None = None
         self.controller_ip: str | None = None
         self.pushed: str | None = None     # the slurm.conf every slurmd was last told to take
-        # The nodes of the slurm.conf slurmctld has answered with (its reconfigure, which follows a
-        # start or restart, succeeded): what the controller announces, so that a worker starts
-        # slurmd only once slurmctld knows it and answers (a slurmd that fetches a slurm.conf
-        # without its own name exits, and systemd starts it again 5 s later).
-        self.serving: tuple[str, ...] = ()
 
     def as_controller(self, conf: str) -> None:
         if self.role != "controller":
@@ -136,7 +125,6 @@ class Slurm:
         system.write_if_changed(CGROUP_CONF, render_cgroup_conf().encode())
         system.write_if_changed(SLURM_CONF, conf.encode())
         self._run_slurmctld(before, conf)
-        self.serving = node_names(self.pushed or "")
         if self.role != "controller":
             system.run("systemctl", "restart", "slurmd.service")
         elif system.unit_state("slurmd.service") != "active":
@@ -169,7 +157,7 @@ class Slurm:
             SLURMD_DEFAULTS.write_text(f'SLURMD_OPTIONS="--conf-server {controller_ip}"\n')
             if system.unit_state("slurmd.service") == "active":
                 system.run("systemctl", "stop", "slurmd.service")
-            self.role, self.controller_ip, self.serving, self.pushed = "worker", controller_ip, (), None
+            self.role, self.controller_ip = "worker", controller_ip
         if registered and system.unit_state("slurmd.service") != "active":
             system.run("systemctl", "start", "slurmd.service", check=False)
 
