@@ -36,9 +36,10 @@ def uplink_mac(cluster_name: str, index: int) -> str:
 def vm_cpus(setting: int | str, count: int, host_cpus: int | None = None) -> int:
     """vm.cpus: a number, or auto: the host's cores shared among `count` VMs, at least one each.
 
-    Without KVM each of a VM's CPUs is a host thread: on 2 cores one node boots to SSH in 24 s with
-    two CPUs against 31 s with one, while three nodes reach `srun -N3` sooner with one CPU each than
-    with two (88 s against 110 s), each VM's CPUs then contending for the same cores.
+    Without KVM each of a VM's CPUs is a host thread: on 2 cores one node boots to SSH in 18 to 20 s
+    with two CPUs against 25 to 31 s with one (the same image), while three nodes reach `srun -N3`
+    sooner with one CPU each than with two (88 s against 110 s), each VM's CPUs then contending for
+    the same cores.
     """
     if setting != "auto":
         return int(setting)
