@@ -51,8 +51,8 @@ def stranger(running, spec):
     disk = machine.directory / "empty.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "4G"], check=True)
     acc = accel.choose("auto")
-    # Bigger than the test nodes (1 CPU, 1 GiB): a rack is seldom all alike, and a step's cpuset
-    # can be smaller than this node (checked once it is a member).
+    # Bigger than the test nodes (1 GiB, and 1 CPU each on 2 cores: vm.cpus auto): a rack is seldom
+    # all alike, and a step's cpuset can be smaller than this node (checked once it is a member).
     machine.launch(qemu.netboot_argv(vm, machine.directory, disk, acc, lifecycle.switch().sock, memory=2048, cpus=2))
     yield lifecycle.node_handle(spec, vm, acc.scale(1.0))
     machine.stop(3)   # it runs from RAM: nothing to keep, no ACPI power-down to wait for
