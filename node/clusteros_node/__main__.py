@@ -42,20 +42,20 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _pxe_parsers(sub) -> None:
-    from clusteros_node import pxeserve
+    from clusteros_node import pxechoices
     receive = sub.add_parser("receive-pxe", help="take a PXE set (a tar of `doit pxe`'s folder) from stdin")
-    receive.add_argument("--into", type=Path, default=pxeserve.SET_DIR, help="where to keep it (default: %(default)s)")
+    receive.add_argument("--into", type=Path, default=pxechoices.SET_DIR, help="where to keep it (default: %(default)s)")
     serve = sub.add_parser("serve-pxe", help="netboot the machines of this LAN from a PXE set, until stopped")
-    serve.add_argument("--from", dest="set_dir", type=Path, default=pxeserve.SET_DIR,
+    serve.add_argument("--from", dest="set_dir", type=Path, default=pxechoices.SET_DIR,
                        help="the PXE set (default: %(default)s)")
     serve.add_argument("--interface", help="the LAN to serve (default: this node's cluster LAN)")
-    serve.add_argument("--dhcp", choices=pxeserve.DHCP_MODES, default="auto",
+    serve.add_argument("--dhcp", choices=pxechoices.DHCP_MODES, default="auto",
                        help="proxy: the LAN has a DHCP server; range: lease addresses too; auto: ask the LAN")
     serve.add_argument("--range", help="FIRST,LAST addresses to lease in range mode (default: above the nodes')")
-    serve.add_argument("--boot", choices=pxeserve.BOOTS, default="install",
+    serve.add_argument("--boot", choices=pxechoices.BOOTS, default="install",
                        help="what a netbooted machine does by default (its menu offers the others)")
-    serve.add_argument("--http-port", type=int, default=pxeserve.HTTP_PORT, help="for the image (default: %(default)s)")
-    serve.add_argument("--run-dir", type=Path, default=pxeserve.RUN_DIR,
+    serve.add_argument("--http-port", type=int, default=pxechoices.HTTP_PORT, help="for the image (default: %(default)s)")
+    serve.add_argument("--run-dir", type=Path, default=pxechoices.RUN_DIR,
                        help="for what is served and dnsmasq's leases (default: %(default)s)")
 
 

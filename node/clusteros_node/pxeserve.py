@@ -21,21 +21,14 @@ import shutil
 import signal
 import subprocess
 import tarfile
-import threading
 from dataclasses import dataclass
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from clusteros_node import addressing, dhcpprobe, system
+from clusteros_node.pxechoices import HTTP_PORT, RUN_DIR, SET_DIR
 
-SET_DIR = Path("/srv/clusteros/pxe")
-RUN_DIR = Path("/run/clusteros/pxe")   # served/: the set and this node's boot.ipxe; dnsmasq.leases
 SET_FILES = ("boot.ipxe", "vmlinuz", "initrd.img", "image.data.gz", "dnsmasq.conf.example",
              "undionly.kpxe", "snponly.efi")
-BOOTS = ("install", "ask", "ram")
-DHCP_MODES = ("auto", "proxy", "range")
-HTTP_PORT = 8069
 
 
 class ServeError(RuntimeError):
@@ -200,30 +193,14 @@ def system_log(message: str) -> None:
     print(message, flush=True)
 
 
-class QuietHandler(SimpleHTTPRequestHandler):
-    """Serves files only (no listing), and logs each request as one line."""
-
-    def list_directory(self, path):
-        self.send_error(404)
-        return None
-
-    def log_message(self, format, *args):
-        system_log(f"serve-pxe: http: {self.address_string()} {format % args}")
-
-    def copyfile(self, source, outputfile):
-        """The kernel's sendfile, not a copy through Python: hundreds of MB per netbooting machine."""
-        outputfile.flush()
-        self.connection.sendfile(source)
-
-
 def serve(set_dir: Path, plan: Plan, run_dir: Path = RUN_DIR) -> int:
     """dnsmasq and the HTTP server, until a signal stops them or dnsmasq exits."""
     served = run_dir / "served"
     run_dir.mkdir(parents=True, exist_ok=True)
     run_dir.chmod(0o755)   # dnsmasq's TFTP runs as its own user
     prepare(set_dir, served, plan)
-    http = ThreadingHTTPServer((plan.lan.address, plan.http_port), partial(QuietHandler, directory=str(served)))
-    threading.Thread(target=http.serve_forever, daemon=True).start()
+    from clusteros_node import pxehttp   # http.server and what it brings: not for every clusteros-node command
+    http = pxehttp.start(plan.lan.address, plan.http_port, served)
     dnsmasq = subprocess.Popen(dnsmasq_argv(set_dir, served, plan, run_dir / "dnsmasq.leases"))
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda *_: dnsmasq.terminate())
