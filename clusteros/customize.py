@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +36,14 @@ UNITS_MASKED = ["e2scrub_reap.service", "e2scrub_all.timer", "apt-daily.timer", 
                 # NFSv4 needs no portmapper and no lock daemon (nfs.conf.d/clusteros.conf).
                 "rpcbind.service", "rpcbind.socket", "rpc-statd.service", "rpc-statd-notify.service",
                 # pNFS block layouts (a SAN's shared disks): the shared home is plain NFSv4.
-                "nfs-blkmap.service"]
+                "nfs-blkmap.service",
+                # Loaded and mounted at every boot for what a node never does there (disk images
+                # by loop device, FUSE's control files, configfs targets, kernel debugging, huge
+                # pages): 16 more devices for udev, 8 of them each running nfsrahead. Loop and
+                # FUSE devices still load their modules when first opened.
+                "modprobe@loop.service", "systemd-repart.service", "modprobe@fuse.service",
+                "sys-fs-fuse-connections.mount", "modprobe@configfs.service", "sys-kernel-config.mount",
+                "sys-kernel-debug.mount", "sys-kernel-tracing.mount", "dev-hugepages.mount"]
 # Generators for setups a node never has (encrypted or verity disks, hibernation, SysV scripts): each
 # runs at every boot, and under emulation each costs a fraction of a second.
 GENERATORS_MASKED = ["systemd-cryptsetup-generator", "systemd-integritysetup-generator",
@@ -274,6 +282,19 @@ def set_units(tree: Path) -> None:
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.is_symlink():
             link.symlink_to("/dev/null")
+
+
+# Debian's and Ubuntu's sshd PAM stack runs /etc/update-motd.d at every SSH connection for a
+# dynamic MOTD (Debian's: one uname; Ubuntu's: a dozen scripts): a third of an emulated node's
+# CPU for a connection, and the tests connect hundreds of times. The static /etc/motd still shows.
+DYNAMIC_MOTD = re.compile(r"^session\s+optional\s+pam_motd\.so\s+motd=/run/motd\.dynamic.*\n", re.MULTILINE)
+
+
+def drop_dynamic_motd(tree: Path) -> None:
+    pam = tree / "etc" / "pam.d" / "sshd"
+    text = pam.read_text()
+    if DYNAMIC_MOTD.search(text):
+        place_bytes(pam, DYNAMIC_MOTD.sub("", text).encode())
 
 
 def unit_exists(tree: Path, unit: str) -> bool:

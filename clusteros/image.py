@@ -143,6 +143,7 @@ def layered_tree(base: Path, into: Path, inputs: ImageInputs, ids: disk.DiskIds)
     customize.place_bytes(into / "boot" / "grub" / "grub.cfg", disk.grub_config(ids, KERNEL_CMDLINE).encode())
     (into / "boot" / "efi").mkdir(parents=True, exist_ok=True)
     customize.set_units(into)
+    customize.drop_dynamic_motd(into)
     customize.clamp_times(into, source_epoch())
     return customize.installed_packages(into)
 

@@ -30,6 +30,8 @@ if [ "${CLUSTEROS_BASE:-native}" = iso ]; then
     systemctl mask $CLUSTEROS_UNITS_MASK
     # cloud-init set the installer's network and hostname; the node's come from the spec now.
     mkdir -p /etc/cloud && touch /etc/cloud/cloud-init.disabled
+    # No dynamic MOTD at every SSH connection (customize.drop_dynamic_motd says why).
+    sed -i '/^session[[:space:]]*optional[[:space:]]*pam_motd.so[[:space:]]*motd=\/run\/motd.dynamic/d' /etc/pam.d/sshd
     rm -f /etc/netplan/*.yaml
 fi
 

@@ -1,6 +1,8 @@
 """The test VMs' direct boot: which modules their initramfs loads, in what order, and the unit changes
 that keep early boot short."""
 
+import os
+
 from clusteros import customize, vmboot
 
 MODULES_DEP = """kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko
@@ -76,3 +78,30 @@ def test_resolved_no_longer_holds_up_early_boot_but_still_comes_before_name_look
     assert "Before=nss-lookup.target shutdown.target initrd-switch-root.target" in unit
     assert "WantedBy=multi-user.target" in unit and "sysinit.target" not in unit.split("\n", 1)[1]
     assert unit.startswith("# ClusterOS:")
+
+
+DEBIAN_SSHD_PAM_SESSION = """session    optional     pam_keyinit.so force revoke
+@include common-session
+# Print the message of the day upon successful login.
+session    optional     pam_motd.so  motd=/run/motd.dynamic
+session    optional     pam_motd.so noupdate
+session    optional     pam_mail.so standard noenv # [1]
+"""
+
+
+def test_ssh_logins_no_longer_run_the_dynamic_motd_scripts_and_the_cached_tree_is_untouched(tmp_path):
+    cached = tmp_path / "base" / "etc" / "pam.d" / "sshd"
+    cached.parent.mkdir(parents=True)
+    cached.write_text(DEBIAN_SSHD_PAM_SESSION)
+    layered = tmp_path / "layer" / "etc" / "pam.d" / "sshd"
+    layered.parent.mkdir(parents=True)
+    os.link(cached, layered)   # the image's tree is a hard-link copy of the cached base tree
+
+    customize.drop_dynamic_motd(tmp_path / "layer")
+
+    assert "motd.dynamic" not in layered.read_text()
+    assert "pam_motd.so noupdate" in layered.read_text() and "@include common-session" in layered.read_text()
+    assert cached.read_text() == DEBIAN_SSHD_PAM_SESSION
+    customize.drop_dynamic_motd(tmp_path / "layer")   # again: nothing left to drop, nothing else changes
+    assert layered.read_text() == DEBIAN_SSHD_PAM_SESSION.replace(
+        "session    optional     pam_motd.so  motd=/run/motd.dynamic\n", "")
