@@ -14,6 +14,7 @@ inside the node-agent.
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 
 LAN_HOST_OFFSET = 10
 # Indexed nodes (1..MAX_INDEXED) own wg addresses 1..MAX_INDEXED; admitted machines take the rest.
@@ -24,8 +25,15 @@ class AddressError(ValueError):
     """The subnet has no room for the address asked for."""
 
 
+@lru_cache(maxsize=32)
+def network(subnet: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """`subnet` parsed once: the agent checks each announcement's addresses against the same two
+    subnets, and under emulation parsing them anew took a tenth of its idle CPU."""
+    return ipaddress.ip_network(subnet)
+
+
 def _host(subnet: str, offset: int) -> ipaddress.IPv4Address:
-    net = ipaddress.ip_network(subnet)
+    net = network(subnet)
     if not 1 <= offset <= net.num_addresses - 2:
         raise AddressError(f"{subnet} has no host number {offset} (it holds {net.num_addresses - 2} hosts)")
     return net.network_address + offset
@@ -43,13 +51,13 @@ def wg_address(subnet: str, index: int) -> str:
 
 def with_prefix(subnet: str, address: str) -> str:
     """An address with the subnet's prefix length, as networkd and `ip address` take it."""
-    return f"{address}/{ipaddress.ip_network(subnet).prefixlen}"
+    return f"{address}/{network(subnet).prefixlen}"
 
 
 def contains_host(subnet: str, address: str) -> bool:
     """Is `address` a host address (not network or broadcast) of `subnet`?"""
     try:
-        net = ipaddress.ip_network(subnet)
+        net = network(subnet)
         addr = ipaddress.ip_address(address)
     except ValueError:
         return False
@@ -58,14 +66,14 @@ def contains_host(subnet: str, address: str) -> bool:
 
 def lan_capacity(subnet: str) -> int:
     """How many indexed nodes the LAN subnet can address."""
-    return max(0, ipaddress.ip_network(subnet).num_addresses - 2 - LAN_HOST_OFFSET)
+    return max(0, network(subnet).num_addresses - 2 - LAN_HOST_OFFSET)
 
 
 def netboot_range(subnet: str, size: int = 64) -> tuple[str, str]:
     """The leases `serve-pxe` hands out on a LAN with no DHCP server: just above the indexed nodes'
     addresses (10.42.0.0/24: .75 to .138), so a netbooting machine never takes a node's."""
     first = LAN_HOST_OFFSET + MAX_INDEXED + 1
-    net = ipaddress.ip_network(subnet)
+    net = network(subnet)
     last = min(first + size - 1, net.num_addresses - 2)
     if last < first:
         raise AddressError(f"{subnet} has no room for netboot leases above its {MAX_INDEXED} node addresses")
@@ -73,12 +81,12 @@ def netboot_range(subnet: str, size: int = 64) -> tuple[str, str]:
 
 
 def wg_capacity(subnet: str) -> int:
-    return max(0, ipaddress.ip_network(subnet).num_addresses - 2)
+    return max(0, network(subnet).num_addresses - 2)
 
 
 def free_wg_address(subnet: str, taken: set[str], first: int = MAX_INDEXED + 1) -> str:
     """The lowest wg0 address from host number `first` on that nobody holds: for admitted machines."""
-    net = ipaddress.ip_network(subnet)
+    net = network(subnet)
     for offset in range(first, net.num_addresses - 1):
         candidate = str(net.network_address + offset)
         if candidate not in taken:

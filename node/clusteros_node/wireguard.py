@@ -35,7 +35,7 @@ def ensure_interface(address: str, prefixlen: int, port: int, key_dir: Path = KE
 def current_peers() -> dict[str, dict]:
     """Peers as wg reports them: public key -> endpoint, allowed ips, latest handshake. In the agent,
     read afresh whenever this module has changed them, and else every STEADY_TICKS ticks: only the
-    membership changes them, or a peer roaming to another endpoint (put back within 10 s); the
+    membership changes them, or a peer roaming to another endpoint (put back within 30 s); the
     status file's handshake times are that old at most. Every time elsewhere."""
     return system.read_every(PEERS, _read_peers, ticks=system.STEADY_TICKS)
 
