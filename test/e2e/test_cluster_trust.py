@@ -21,7 +21,8 @@ from clusteros.vm import cluster as lifecycle
 from clusteros.vm import qemu
 from clusteros.vm.layout import layout
 from clusteros_node import k3s
-from clusteros_node.agent import ROTATION_GRACE
+from clusteros_node.agent import ROTATION_GRACE, TICK
+from clusteros_node.registry import LIVE_SECONDS
 
 from .conftest import DIST, agent_status, doit, forget_everywhere, live_member, pids, statuses, untouched
 from .test_cluster import payload_for, send
@@ -169,9 +170,9 @@ def test_a_clock_step_on_the_controller_moves_no_role_and_a_wrong_clock_is_put_r
         theirs, ours = int(running[leader].succeed("date +%s")), int(worker.succeed("date +%s"))
         assert abs(theirs - ours) <= 3, f"{worker.name} is {ours - theirs}s off the controller"
     running.retry(in_step, 45)
-    # Past the liveness timeout: had it been measured by the wall clock, a stepped node's peers
-    # would be out of date by now (liveness is monotonic, so everyone still counts as live).
-    time.sleep(max(0.0, 45 - (time.monotonic() - stepped)))
+    # Past the liveness timeout (and two ticks): had it been measured by the wall clock, a stepped
+    # node's peers would be out of date by now (liveness is monotonic, so everyone still counts as live).
+    time.sleep(max(0.0, LIVE_SECONDS + 2 * TICK - (time.monotonic() - stepped)))
     assert controller_of(running) == leader
     for node in running:
         live = sorted(m["name"] for m in agent_status(node)["members"] if m["live"])
