@@ -169,7 +169,7 @@ class Node:
         self.execute("sudo systemctl reboot", timeout=30)   # the connection may drop before it answers
         self.wait_for_ssh(timeout, announced_before=announced)
 
-        def rebooted() -> None:   # an SSH-ready line can come before the old boot has gone (clean CI, 23:00)
+        def rebooted() -> None:   # an SSH-ready line can come before the old boot has gone (seen in a clean-clone run)
             if not self.machine.is_alive():
                 raise ClusterOSError(f"{self.name}: QEMU stopped while rebooting", fix=f"see {self.machine.log}")
             now = self.succeed("cat /proc/sys/kernel/random/boot_id", timeout=30).strip()
