@@ -57,7 +57,7 @@ LABELS = {
     "boot_to_ssh_s": "one node: launch to SSH, s",
     "cluster_ready_s": "3 nodes: launch to `srun -N3` success, s",
     "mpi_ready_s": "3 nodes: launch to an MPI job (3 ranks, 3 hosts) success, s",
-    "rss_per_node_mb": "host memory per node (QEMU RSS, 3 nodes), MB",
+    "rss_per_node_mb": "host memory per node (QEMU RSS, 3 nodes, idle 60 s after the last job), MB",
     "qcow2_mb": "image, qcow2, MB",
     "raw_allocated_mb": "image, raw allocated, MB",
     "raw_gz_mb": "image, raw.gz, MB",
@@ -166,13 +166,18 @@ def measure_cluster(spec: dict, count: int) -> dict:
             return out.status == 0 and out.stdout.split() == ["3"] * 3
         until(mpi_ok, 900, every=3)
         mpi = round(time.monotonic() - started, 1)
+    done = time.monotonic()
     save_boot_analysis(spec, count)
+    # A running node's memory, not a job's: what the host holds once the cluster has sat idle a
+    # while after the last job (the agents' reclaim of cold cache runs every 30 s).
+    time.sleep(max(0.0, done + SETTLE_BEFORE_RSS - time.monotonic()))
     rss = [r for r in (cluster.machine(n).rss_mb() for n in layout(spec, count)) if r is not None]
     disk = mb(sum(p.stat().st_blocks * 512 for p in (BENCH / "vm").rglob("overlay.qcow2")))
     return {"nodes": count, "ssh_s": round(to_ssh, 1), "srun_s": round(ready, 1), "mpi_s": mpi,
             "rss_mb_per_node": round(sum(rss) / len(rss), 1), "overlay_mb": disk}
 
 
+SETTLE_BEFORE_RSS = 60.0
 MPI_JOB = "from mpi4py import MPI; print(MPI.COMM_WORLD.allreduce(1))"
 
 

@@ -5,7 +5,8 @@ slow step (systemctl waiting on a unit) never makes the node look dead. The main
 takes what arrives (a bounded number of packets per tick, and a bounded rate per
 sender, so a flood cannot starve the rest) and every TICK reconciles: wg0 peers with
 the members, the controller (clusteros_node.election), SLURM, K3s and the clock with
-the node's role. Each step stands alone: one failing is logged and retried next tick.
+the node's role; in a virtual machine it also gives the host back the node's cold page
+cache (clusteros_node.hostmemory). Each step stands alone: one failing is logged and retried next tick.
 Nothing a packet carries can stop the agent: every message is checked field by field
 (clusteros_node.validate) and against what members hold (clusteros_node.registry), and
 an error while handling one drops that message, with a log line.
@@ -21,7 +22,8 @@ import threading
 import time
 from pathlib import Path
 
-from clusteros_node import addressing, control, election, enroll, firewall, messages, slurm, system, timesync, transfer
+from clusteros_node import addressing, control, election, enroll, firewall, hostmemory, messages, slurm, system, timesync
+from clusteros_node import transfer
 from clusteros_node import accounting as accounting_mod
 from clusteros_node import credential as credential_mod
 from clusteros_node import wifi
@@ -91,6 +93,7 @@ class Agent:
         self.pending, self.approvals = enroll.Pending(), enroll.Approvals()
         self.slurm, self.k3s = slurm.Slurm(), k3s_mod.K3s(spec["services"]["k3s"]["enabled"])
         self.home, self.accounting = home_mod.Home(), accounting_mod.Accounting()
+        self.host_memory = hostmemory.HostMemory()
         self.started = time.monotonic()
         self.boot_id = _read(Path("/proc/sys/kernel/random/boot_id")) or "00000000-0000-0000-0000-000000000000"
         self.controller: str | None = None
@@ -314,6 +317,8 @@ class Agent:
             self.last_pruned = now
             for name in self.registry.prune():
                 log(f"forgot {name}: not heard for a week")
+        if self.apply_system:
+            self._step("host memory", lambda: self.host_memory.tick(now))
         if now - self.last_saved >= SAVE_EVERY:
             self.last_saved = now
             system.write_if_changed(self.places.lib / "members.json",
