@@ -74,14 +74,15 @@ def report_every_page(order: Path = REPORTING_ORDER) -> None:
 
 
 class HostMemory:
-    """The agent's part: every RECLAIM_EVERY seconds, if the machine has a reporting balloon (a
-    driver loaded late, or loaded again, is seen at the next round), a reclaim of the cold cache."""
+    """The agent's part: every RECLAIM_EVERY seconds from `started` (the boot's own reads get a round
+    to be read again, and kept, before the first), if the machine has a reporting balloon (a driver
+    loaded late, or loaded again, is seen at the next round), a reclaim of the cold cache."""
 
-    def __init__(self, balloons: Path = BALLOONS, order: Path = REPORTING_ORDER, meminfo: Path = MEMINFO,
-                 reclaim: Path = ROOT_RECLAIM, is_emulated=emulated):
+    def __init__(self, started: float, balloons: Path = BALLOONS, order: Path = REPORTING_ORDER,
+                 meminfo: Path = MEMINFO, reclaim: Path = ROOT_RECLAIM, is_emulated=emulated):
         self.balloons, self.order, self.meminfo, self.reclaim = balloons, order, meminfo, reclaim
         self.is_emulated, self.emulation = is_emulated, None
-        self.last = float("-inf")
+        self.last = started
 
     def tick(self, now: float) -> None:
         if now - self.last < RECLAIM_EVERY:

@@ -41,7 +41,7 @@ def agent_part(host: Path, balloons: Path, emulated: bool, probes: list | None =
         if probes is not None:
             probes.append(1)
         return emulated
-    return HostMemory(balloons=balloons, order=host / "order", meminfo=host / "meminfo",
+    return HostMemory(0.0, balloons=balloons, order=host / "order", meminfo=host / "meminfo",
                       reclaim=host / "memory.reclaim", is_emulated=is_emulated)
 
 
@@ -80,9 +80,11 @@ def test_without_a_reporting_balloon_nothing_is_touched(host, tmp_path):
     assert probes == [], "no systemd-detect-virt on a machine with nothing to give back"
 
 
-def test_it_reclaims_once_a_round_and_asks_about_the_emulation_once(host, tmp_path):
+def test_it_reclaims_once_a_round_from_the_start_and_asks_about_the_emulation_once(host, tmp_path):
     probes = []
     part = agent_part(host, balloon(tmp_path, REPORTING), emulated=True, probes=probes)
+    part.tick(hostmemory.RECLAIM_EVERY - 1)
+    assert (host / "memory.reclaim").read_text() == "", "the first round comes RECLAIM_EVERY after the start"
     part.tick(100.0)
     (host / "memory.reclaim").write_text("")
     part.tick(100.0 + hostmemory.RECLAIM_EVERY - 1)
