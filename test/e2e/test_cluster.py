@@ -24,13 +24,13 @@ def payload_for(name: str, index: int, lan_ip: str, wg_ip: str, **extra) -> dict
 
 def send(node, packets_expression: str, count: int = 3) -> None:
     """Broadcast on the cluster LAN, from `node`, what a Python expression makes (with the node-agent's own
-    modules, and `cred`: the node's credential, which root can read)."""
+    modules, and `cred`: the node's credential as its agent takes it, the highest generation it holds,
+    which root can read)."""
     script = f"""
 import socket, sys
 sys.path.insert(0, "{AGENT_CODE}")
-from pathlib import Path
 from clusteros_node import credential, messages
-cred = credential.parse(Path("/run/credentials/@system/clusteros-credential").read_bytes(), "democluster")
+cred = credential.load("democluster")[0]
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
 for _ in range({count}):
