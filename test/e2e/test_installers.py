@@ -35,7 +35,7 @@ from clusteros.vm.ssh import SSHTarget
 from clusteros_node import k3s, messages, slurm
 
 from ..secret_scan import Needles, scan
-from .conftest import DIST, ROOT, build, relocatable, untouched
+from .conftest import DIST, ROOT, behind_the_cluster, build, relocatable, untouched
 
 pytestmark = pytest.mark.e2e
 
@@ -83,7 +83,7 @@ def installers_dist():
 def built(unattended_spec) -> Path:
     """The installers' dist: the image, the ISO, the USB image and the PXE set (and so the
     cluster's keys, made by the first build on a fresh machine)."""
-    build("iso", "usb", "pxe", "gz", env={"CLUSTEROS_SPEC": str(unattended_spec)})   # gz: the secret scan reads it
+    build("iso", "usb", "pxe", "gz", env={"CLUSTEROS_SPEC": str(unattended_spec)}, behind=True)   # gz: the secret scan reads it
     return BUILT
 
 
@@ -185,7 +185,7 @@ def start_install(medium: str, built: dict, number: int) -> Install:
         argv = base + [
             "-netdev", f"user,id=net,{forward},tftp={built['pxe']},bootfile=boot.ipxe",
             "-device", f"{hardware['nic']},netdev=net,bootindex=1", *built["credential"]]
-    machine.launch(argv)
+    behind_the_cluster(machine.launch(argv))
     return Install(medium, handle(machine, built["spec"], port), disk)
 
 
@@ -227,7 +227,7 @@ def direct_boot(name: str, pxe: Path, iso: Path, disks: list[Path], cmdline: str
             "-display", "none", "-monitor", "none"]
     for number, disk in enumerate(disks):
         argv += ["-drive", f"file={disk},if=none,id=d{number},format=qcow2", "-device", f"virtio-blk-pci,drive=d{number}"]
-    machine.launch(argv)
+    behind_the_cluster(machine.launch(argv))
     return machine
 
 
@@ -264,7 +264,7 @@ def test_unattended_auto_target_refuses_two_empty_disks(installers):
         "-drive", f"file={installers['iso']},if=none,id=cd,media=cdrom,readonly=on", "-device", "ide-cd,drive=cd,bootindex=1",
         "-no-reboot", "-net", "none"]
     with machine:
-        machine.launch(argv)
+        behind_the_cluster(machine.launch(argv))
         handle(machine, installers["spec"]).wait_for_console_text("nothing more was written", timeout=150)
         assert "more than one empty disk ( sda vda )" in machine.console_text()
         wait_gone(machine)
