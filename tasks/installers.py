@@ -17,10 +17,10 @@ from tasks.context import dist, spec
 
 
 def task_payload():
-    """The image's data for the installers: dist/<name>.data.gz and its extent map."""
-    return {"actions": [(payload.build_payload, [dist(".raw"), dist(".data.gz"), dist(".payload.json")])],
+    """The image's data for the installers: dist/<name>.data.zst and its extent map."""
+    return {"actions": [(payload.build_payload, [dist(".raw"), dist(".data.zst"), dist(".payload.json")])],
             "file_dep": [dist(".raw"), *code_deps("clusteros.installer.payload")],
-            "targets": [dist(".data.gz"), dist(".payload.json")], "clean": True}
+            "targets": [dist(".data.zst"), dist(".payload.json")], "clean": True}
 
 
 def _inputs(s: dict) -> dict:
@@ -33,7 +33,7 @@ def _installer(s: dict, builder, module: str, targets: list, **outputs) -> dict:
     if packer.iso_base(s):
         return _unsupported(builder.__name__.removeprefix("build_"))
     return {"actions": [(builder, [], dict(spec=s, **_inputs(s), **outputs))],
-            "file_dep": [*_inputs(s).values(), dist(".data.gz"), *sorted(installer_files().iterdir()),
+            "file_dep": [*_inputs(s).values(), dist(".data.zst"), *sorted(installer_files().iterdir()),
                          *code_deps(module)],
             "targets": targets,
             "uptodate": [config_changed({"installer": s["installer"], "name": s["cluster"]["name"]})],

@@ -1,15 +1,16 @@
 """Read every byte of a build artifact, as a stranger holding it could, and report any secret in it.
 
 An artifact is read as what it is: a sparse disk by its data extents only (SEEK_DATA),
-a gzip stream decompressed, an ISO 9660 image both as its own bytes and file by file
-(extracted with xorriso, each gzip member decompressed: the installer's initrd, the image
-data). A folder is every file in it. A gzip file already decompressed (the same sha256: the
-image data the ISO and the PXE set carry) is not decompressed twice.
+a gzip or zstd stream decompressed, an ISO 9660 image both as its own bytes and file by file
+(extracted with xorriso, each compressed member decompressed: the installer's initrd (gzip),
+the image data (zstd)). A folder is every file in it. A compressed file already decompressed
+(the same sha256: the image data the ISO and the PXE set carry) is not decompressed twice.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 
 CHUNK = 8 * 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 ISO_MAGIC_OFFSET, ISO_MAGIC = 0x8001, b"CD001"
 
 
@@ -52,7 +54,7 @@ class Needles:
 class Scan:
     needles: Needles
     findings: list[str] = field(default_factory=list)
-    decompressed: set[str] = field(default_factory=set)   # sha256 of the gzip files read
+    decompressed: set[str] = field(default_factory=set)   # sha256 of the compressed files read
     read_bytes: int = 0
 
     def path(self, path: Path, where: str | None = None) -> None:
@@ -64,18 +66,18 @@ class Scan:
             return
         with open(path, "rb") as f:
             head = f.read(ISO_MAGIC_OFFSET + len(ISO_MAGIC))
-        if head.startswith(GZIP_MAGIC):
-            self.gzip_file(path, f"{where} (decompressed)")
+        if _compressed(head):
+            self.compressed_file(path, f"{where} (decompressed)")
             return
         self.sparse_file(path, where)
         if head[ISO_MAGIC_OFFSET:] == ISO_MAGIC:
             self.iso_members(path, where)
 
-    def gzip_file(self, path: Path, where: str) -> None:
+    def compressed_file(self, path: Path, where: str) -> None:
         digest = _sha256(path)
         if digest not in self.decompressed:
             self.decompressed.add(digest)
-            with gzip.open(path) as stream:
+            with _decompressed(path) as stream:
                 self.stream(stream, where)
 
     def stream(self, stream, where: str) -> None:
@@ -109,8 +111,8 @@ class Scan:
             subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/", tmp],
                            check=True, capture_output=True)
             for member in sorted(Path(tmp).rglob("*")):
-                if member.is_file() and _is_gzip(member):
-                    self.gzip_file(member, f"{where}:{member.relative_to(tmp)} (decompressed)")
+                if member.is_file() and _compressed(_head(member)):
+                    self.compressed_file(member, f"{where}:{member.relative_to(tmp)} (decompressed)")
 
     def _search(self, data: bytes, where: str) -> None:
         for name, needle in self.needles.items.items():
@@ -130,9 +132,27 @@ class _Limited:
         return data
 
 
-def _is_gzip(path: Path) -> bool:
+def _head(path: Path) -> bytes:
     with open(path, "rb") as f:
-        return f.read(2) == GZIP_MAGIC
+        return f.read(len(ZSTD_MAGIC))
+
+
+def _compressed(head: bytes) -> bool:
+    return head.startswith((GZIP_MAGIC, ZSTD_MAGIC))
+
+
+@contextlib.contextmanager
+def _decompressed(path: Path):
+    """A gzip file through Python's gzip; a zstd one through `zstd -dc` (no zstd in this Python)."""
+    if _head(path).startswith(GZIP_MAGIC):
+        with gzip.open(path) as stream:
+            yield stream
+        return
+    with subprocess.Popen(["zstd", "-dcq", str(path)], stdout=subprocess.PIPE) as zstd:
+        yield zstd.stdout
+        zstd.stdout.close()
+        if zstd.wait() != 0:
+            raise RuntimeError(f"zstd could not decompress {path}")
 
 
 def _sha256(path: Path) -> str:

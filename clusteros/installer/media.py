@@ -31,9 +31,9 @@ def build_iso(*, spec: dict, rootfs_tar: Path, manifest: Path, payload: Path, is
         shutil.move(kernel, medium / "boot" / "vmlinuz")
         shutil.move(initrd, medium / "boot" / "initrd.img")
         (medium / "boot" / "grub" / "grub.cfg").write_text(grub_config(name, config))
-        link_or_copy(data.data_gz, medium / "clusteros" / "image.data.gz")
+        link_or_copy(data.data, medium / "clusteros" / "image.data.zst")
         (medium / "clusteros" / "medium-id").write_text(config["MEDIUM_ID"] + "\n")
-        with runner.step("iso", f"grub-mkrescue: {iso.name} ({data.data_gz.stat().st_size / 2**20:.0f} MiB of image)"), \
+        with runner.step("iso", f"grub-mkrescue: {iso.name} ({data.data.stat().st_size / 2**20:.0f} MiB of image)"), \
                 atomic_path(iso) as tmp:
             env = {**os.environ, "SOURCE_DATE_EPOCH": str(image_manifest["source_date_epoch"])}
             runner.run("iso", ["grub-mkrescue", "--output", tmp, medium, "--", "-volid", VOLUME_ID], env=env,

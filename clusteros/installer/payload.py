@@ -1,4 +1,10 @@
-"""The payload: the raw disk's data extents, gzipped back to back, and their map."""
+"""The payload: the raw disk's data extents, back to back, compressed with zstd, and their map.
+
+zstd, not gzip: the installer inflates the image's 628 MiB at every install and RAM load, and
+zstd does it in a third of pigz's CPU time (0.6 against 1.8 s on one core here; under
+emulation that is 15 s of each install); at level 3 it is also 8% smaller and three times
+faster to make (256 against 277 MiB, 2.7 against 8.9 s on two cores).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +18,10 @@ from typing import Iterator
 
 from clusteros import runner
 from clusteros.atomic import atomic_path, write_json
-from clusteros.convert import GZIP_LEVEL
 from clusteros.hashing import sha256_file
 
 MERGE_GAP = 1024 * 1024
+ZSTD_LEVEL = "-3"
 CHUNK = 4 * 1024 * 1024
 
 
@@ -28,10 +34,10 @@ class Extent:
 
 @dataclass(frozen=True)
 class Payload:
-    """image.data.gz (the raw disk's data extents, back to back, gzipped) and their map."""
-    data_gz: Path
+    """image.data.zst (the raw disk's data extents, back to back, compressed) and their map."""
+    data: Path
     extents: tuple[Extent, ...]
-    gz_sha256: str
+    data_sha256: str
 
     @property
     def data_bytes(self) -> int:
@@ -82,25 +88,25 @@ def _extents_read(raw: Path, extents: list[Extent]) -> Iterator[bytes]:
             extents.append(Extent(offset, length, digest.hexdigest()))
 
 
-def build_payload(raw: Path, data_gz: Path, description: Path) -> None:
-    """Read the raw disk's data extents once: hash each, and stream them into pigz.
+def build_payload(raw: Path, data: Path, description: Path) -> None:
+    """Read the raw disk's data extents once: hash each, and stream them into zstd.
 
-    `description` (JSON) lists the extents with their sha256 and the gzip's own sha256.
+    `description` (JSON) lists the extents with their sha256 and the compressed file's own sha256.
     """
     extents: list[Extent] = []
     cores = os.cpu_count() or 1
     with runner.step("payload", f"packing the data of {raw.name} (its holes are left out)"), \
-            atomic_path(data_gz) as tmp:
-        runner.run("payload", ["pigz", GZIP_LEVEL, "--processes", str(cores), "--no-name", "--stdout"],
+            atomic_path(data) as tmp:
+        runner.run("payload", ["zstd", ZSTD_LEVEL, f"--threads={cores}", "--quiet", "--stdout"],
                    stdin=_extents_read(raw, extents), stdout=tmp, timeout=3600)
-        payload = Payload(data_gz, tuple(extents), sha256_file(tmp))
-        write_json(description, {"data_gz": data_gz.name, "gz_sha256": payload.gz_sha256,
+        payload = Payload(data, tuple(extents), sha256_file(tmp))
+        write_json(description, {"data": data.name, "data_sha256": payload.data_sha256,
                                  "extents": [[e.offset, e.length, e.sha256] for e in extents]})
     runner.say("payload", f"{payload.data_bytes / 2**20:.0f} MiB of data in {len(extents)} extents, "
-               f"{data_gz.stat().st_size / 2**20:.0f} MiB gzipped")
+               f"{data.stat().st_size / 2**20:.0f} MiB compressed")
 
 
 def load_payload(description: Path) -> Payload:
     data = json.loads(description.read_text())
-    return Payload(description.with_name(data["data_gz"]),
-                   tuple(Extent(*e) for e in data["extents"]), data["gz_sha256"])
+    return Payload(description.with_name(data["data"]),
+                   tuple(Extent(*e) for e in data["extents"]), data["data_sha256"])

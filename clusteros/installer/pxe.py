@@ -26,13 +26,13 @@ def build_pxe(*, spec: dict, rootfs_tar: Path, manifest: Path, payload: Path, px
         out.mkdir()
         shutil.move(kernel, out / "vmlinuz")
         shutil.move(initrd, out / "initrd.img")
-        link_or_copy(data.data_gz, out / "image.data.gz")
+        link_or_copy(data.data, out / "image.data.zst")
         (out / "boot.ipxe").write_text(ipxe_script(name, config))
         (out / "dnsmasq.conf.example").write_text(dnsmasq_example(name))
         for file, source in CHAINLOADERS.items():
             _copy_chainloader(Path(source), out / file)
         replace_dir(out, pxe_dir)
-    runner.say("pxe", f"{pxe_dir}/: boot.ipxe, vmlinuz, initrd.img, image.data.gz, dnsmasq.conf.example, "
+    runner.say("pxe", f"{pxe_dir}/: boot.ipxe, vmlinuz, initrd.img, image.data.zst, dnsmasq.conf.example, "
                       f"{', '.join(CHAINLOADERS)}")
 
 

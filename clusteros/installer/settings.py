@@ -16,8 +16,8 @@ def installer_config(installer: dict, manifest: dict, payload: "Payload") -> dic
         "IMAGE_BYTES": str(manifest["outputs"]["raw"]["bytes"]),
         "ROOT_FS_UUID": manifest["disk"]["root_fs_uuid"],
         "DATA_BYTES": str(payload.data_bytes),
-        "DATA_GZ_SHA256": payload.gz_sha256,
-        "MEDIUM_ID": medium_id(payload.gz_sha256),
+        "DATA_SHA256": payload.data_sha256,
+        "MEDIUM_ID": medium_id(payload.data_sha256),
         "INSTALL": "auto" if installer["unattended"] else "ask",
         "TARGET": installer["target"],
         "OVERWRITE": installer.get("overwrite", ""),
@@ -26,9 +26,9 @@ def installer_config(installer: dict, manifest: dict, payload: "Payload") -> dic
     }
 
 
-def medium_id(gz_sha256: str) -> str:
+def medium_id(data_sha256: str) -> str:
     """Names the installer medium that carries this image; /init looks for it among the disks."""
-    return f"clusteros-{gz_sha256[:16]}"
+    return f"clusteros-{data_sha256[:16]}"
 
 
 def render_config(config: dict[str, str]) -> str:
@@ -71,8 +71,8 @@ def ipxe_script(name: str, config: dict[str, str]) -> str:
         "#!ipxe",
         f"# {name}: made by `doit pxe`. Serve this directory over TFTP (see dnsmasq.conf.example).",
         "# Over HTTP instead (much faster): set boot-url http://<server>/<path>/ and",
-        "# set image-url ${boot-url}image.data.gz (`clusteros-node serve-pxe` sets both).",
-        "set image-url tftp://${next-server}/image.data.gz",
+        "# set image-url ${boot-url}image.data.zst (`clusteros-node serve-pxe` sets both).",
+        "set image-url tftp://${next-server}/image.data.zst",
         f"set install {config['INSTALL']}",
         f"menu ClusterOS {name}",
         f"item install Default: ${{install}} (auto, ask: install to disk {config['TARGET']}; ram: run from RAM)",
@@ -110,7 +110,7 @@ def dnsmasq_example(name: str) -> str:
 #   dnsmasq --no-daemon --conf-file=dnsmasq.conf.example --interface=eth0 --tftp-root="$PWD" \
 #           --dhcp-range=10.42.0.75,10.42.0.138,1h     # the LAN has no DHCP server: lease addresses
 #           --dhcp-range=10.42.0.0,proxy               # it has one: add only the boot information
-# Then boot.ipxe is served over TFTP; set image-url in it to an HTTP copy of image.data.gz for speed.
+# Then boot.ipxe is served over TFTP; set image-url in it to an HTTP copy of image.data.zst for speed.
 port=0
 log-dhcp
 enable-tftp

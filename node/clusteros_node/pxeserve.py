@@ -27,7 +27,7 @@ from pathlib import Path
 from clusteros_node import addressing, dhcpprobe, system
 from clusteros_node.pxechoices import HTTP_PORT, RUN_DIR, SET_DIR
 
-SET_FILES = ("boot.ipxe", "vmlinuz", "initrd.img", "image.data.gz", "dnsmasq.conf.example",
+SET_FILES = ("boot.ipxe", "vmlinuz", "initrd.img", "image.data.zst", "dnsmasq.conf.example",
              "undionly.kpxe", "snponly.efi")
 
 
@@ -57,7 +57,7 @@ class Plan:
 
     @property
     def image_url(self) -> str:
-        return f"{self.boot_url}image.data.gz"
+        return f"{self.boot_url}image.data.zst"
 
 
 def check_set(directory: Path) -> None:

@@ -340,7 +340,7 @@ def test_root_file_system_fills_the_disk(installed, installs, installers):
 
 def test_pxe_set_has_what_a_boot_server_needs(installers):
     names = {p.name for p in installers["pxe"].iterdir()}
-    assert names == {"vmlinuz", "initrd.img", "image.data.gz", "boot.ipxe", "dnsmasq.conf.example", "undionly.kpxe",
+    assert names == {"vmlinuz", "initrd.img", "image.data.zst", "boot.ipxe", "dnsmasq.conf.example", "undionly.kpxe",
                      "snponly.efi"}
     assert installers["pxe"].joinpath("boot.ipxe").read_text().startswith("#!ipxe")
 
@@ -394,7 +394,7 @@ def secrets_of(spec: dict) -> Needles:
 def test_no_shareable_artifact_holds_a_secret_or_the_test_key(installers):
     """Every byte of each, decompressed where it is compressed; the owner's part as the control."""
     spec, needles = installers["spec"], secrets_of(installers["spec"])
-    shareable = [BUILT / f"democluster.{suffix}" for suffix in ("qcow2", "raw", "raw.gz", "data.gz")] + [
+    shareable = [BUILT / f"democluster.{suffix}" for suffix in ("qcow2", "raw", "raw.gz", "data.zst")] + [
         installers["iso"], BUILT / "democluster-usb.img.gz", installers["pxe"]]
     found = scan(shareable, needles)
     assert found.findings == []

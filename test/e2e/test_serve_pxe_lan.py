@@ -104,10 +104,10 @@ def test_with_no_dhcp_server_the_node_leases_addresses_and_serves_boot_files_and
         assert 75 <= int(rom.address.rsplit(".", 1)[1]) <= 138, "a lease above the nodes' addresses"
         assert ask_as(CLIENT, IPXE).boot_file == "boot.ipxe", "iPXE gets the menu"
         script = sh("ip", "netns", "exec", CLIENT, "curl", "-sf", "tftp://10.77.0.11/boot.ipxe")
-        assert "set image-url http://10.77.0.11:8069/image.data.gz" in script and "set install ram" in script
+        assert "set image-url http://10.77.0.11:8069/image.data.zst" in script and "set install ram" in script
         assert "set boot-url http://10.77.0.11:8069/" in script
         assert sh("ip", "netns", "exec", CLIENT, "curl", "-sf", "tftp://10.77.0.11/undionly.kpxe") == "bios ipxe"
-        image = subprocess.run(["ip", "netns", "exec", CLIENT, "curl", "-sf", "http://10.77.0.11:8069/image.data.gz"],
+        image = subprocess.run(["ip", "netns", "exec", CLIENT, "curl", "-sf", "http://10.77.0.11:8069/image.data.zst"],
                                check=True, capture_output=True).stdout
         assert image == b"data" * 100_000
         assert subprocess.run(["ip", "netns", "exec", CLIENT, "curl", "-sf", "http://10.77.0.11:8069/"]).returncode, \

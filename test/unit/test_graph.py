@@ -58,9 +58,9 @@ def project(tmp_path, monkeypatch):
         gz.write_text("gz")
         gz.with_name(gz.name + ".sha256").write_text("sum")
 
-    def fake_payload(raw, data_gz, description):
+    def fake_payload(raw, data, description):
         calls.append("payload")
-        data_gz.write_text(f"data {time.time_ns()}")
+        data.write_text(f"data {time.time_ns()}")
         description.write_text("{}")
 
     def fake_installer(name):

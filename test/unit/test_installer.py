@@ -1,6 +1,5 @@
 """Installer logic: the payload's extents, the installer's settings, its boot menus, its drivers."""
 
-import gzip
 import subprocess
 from pathlib import Path
 
@@ -34,13 +33,15 @@ def test_a_file_without_data_has_no_extents(tmp_path):
     assert payload.data_extents(sparse_file(tmp_path / "empty.raw", 8 * MIB, [])) == []
 
 
+@pytest.mark.needs("zstd")
 def test_payload_packs_the_extents_and_hashes_each(tmp_path):
-    import gzip
     import hashlib
     raw = sparse_file(tmp_path / "disk.raw", 32 * MIB, [(0, 4096), (20 * MIB, 8192)])
-    payload.build_payload(raw, tmp_path / "data.gz", tmp_path / "payload.json")
+    payload.build_payload(raw, tmp_path / "data.zst", tmp_path / "payload.json")
     packed = payload.load_payload(tmp_path / "payload.json")
-    data = gzip.decompress((tmp_path / "data.gz").read_bytes())
+    assert packed.data == tmp_path / "data.zst"
+    assert packed.data_sha256 == hashlib.sha256((tmp_path / "data.zst").read_bytes()).hexdigest()
+    data = subprocess.run(["zstd", "-dc", str(tmp_path / "data.zst")], capture_output=True, check=True).stdout
     assert len(data) == packed.data_bytes == sum(e.length for e in packed.extents)
     with open(raw, "rb") as f:
         for extent in packed.extents:
@@ -95,7 +96,7 @@ def test_ipxe_script_loads_relative_to_itself_and_names_the_image():
     assert script.startswith("#!ipxe\n")
     assert "kernel ${boot-url}vmlinuz " in script and "initrd ${boot-url}initrd.img" in script
     assert not [line for line in script.splitlines() if line.startswith("set boot-url")], "unset: iPXE makes it nothing, so both load relative to the script"
-    assert "clusteros.image=${image-url}" in script and "tftp://${next-server}/image.data.gz" in script
+    assert "clusteros.image=${image-url}" in script and "tftp://${next-server}/image.data.zst" in script
 
 
 def test_module_closure_brings_dependencies_and_leaves_out_the_rest():
@@ -126,12 +127,12 @@ def test_ldd_report_gives_each_library_and_the_loader_but_not_the_vdso():
         initramfs.shared_libraries("pigz", "\tlibz.so.1 => not found\n")
 
 
-@pytest.mark.needs("pigz", "chroot")
+@pytest.mark.needs("zstd", "chroot")
 def test_the_inflater_runs_in_a_tree_that_has_nothing_else(tmp_path):
-    """pigz and the libraries it loads, alone in a tree (as in the initramfs), inflate a gzip stream."""
+    """zstd and the libraries it loads, alone in a tree (as in the initramfs), inflate a zstd stream."""
     tree = tmp_path / "tree"
     initramfs.add_executable(tree, initramfs.INFLATER)
     data = bytes(range(256)) * 4096
-    (tree / "data.gz").write_bytes(gzip.compress(data))
-    out = subprocess.run(["chroot", str(tree), "/bin/pigz", "-dc", "/data.gz"], capture_output=True, check=True)
+    (tree / "data.zst").write_bytes(subprocess.run(["zstd", "-c"], input=data, capture_output=True, check=True).stdout)
+    out = subprocess.run(["chroot", str(tree), "/bin/zstd", "-dcq", "/data.zst"], capture_output=True, check=True)
     assert out.stdout == data

@@ -117,16 +117,16 @@ def test_an_empty_explicit_target_needs_no_serial_and_an_unreadable_disk_is_not_
 def test_a_fetch_gets_the_image_over_http(machine, tmp_path):
     from test.local_http import serve_directory
     (tmp_path / "www").mkdir()
-    (tmp_path / "www" / "image.data.gz").write_bytes(b"image bytes")
+    (tmp_path / "www" / "image.data.zst").write_bytes(b"image bytes")
     with serve_directory(tmp_path / "www") as url:
-        out = machine.run(f"IMAGE_URL={url.rstrip('/')}/image.data.gz; fetch_image; cat $IMAGE_FILE; echo; echo FETCHED")
+        out = machine.run(f"IMAGE_URL={url.rstrip('/')}/image.data.zst; fetch_image; cat $IMAGE_FILE; echo; echo FETCHED")
     assert "image bytes\nFETCHED" in out.stdout, out.stdout + out.stderr
 
 
 def test_a_fetch_that_fails_is_retried_then_ends_in_a_message(machine):
-    out = machine.run("IMAGE_URL=http://127.0.0.1:9/image.data.gz FETCH_TRIES=2; sleep() { :; }; fetch_image; echo FETCHED")
+    out = machine.run("IMAGE_URL=http://127.0.0.1:9/image.data.zst FETCH_TRIES=2; sleep() { :; }; fetch_image; echo FETCHED")
     assert "try 1 of 2" in out.stdout and "try 2 of 2" in out.stdout
-    assert "could not fetch http://127.0.0.1:9/image.data.gz in 2 tries" in out.stdout and "FETCHED" not in out.stdout
+    assert "could not fetch http://127.0.0.1:9/image.data.zst in 2 tries" in out.stdout and "FETCHED" not in out.stdout
 
 
 def test_asking_takes_a_listed_disk_after_yes(machine):
@@ -236,7 +236,7 @@ def test_a_measure_that_counts_more_than_the_whole_says_the_whole(machine):
 
 
 def test_a_measure_with_nothing_to_count_says_nothing(machine):
-    """The RAM load's measure follows pigz: before it starts and once it is gone, no "0 of N MiB"."""
+    """The RAM load's measure follows zstd: before it starts and once it is gone, no "0 of N MiB"."""
     reading = machine.root / "reading"
     said = progress_said(machine, "loading", 4, f"[ -e {reading} ] && echo $(( 2 * MIB )); return 0",
                          f"sleep 0.05; touch {reading}; sleep 0.15; rm {reading}; sleep 0.1", every=0.02)

@@ -35,15 +35,31 @@ def test_a_secret_in_a_gzip_stream_is_found_and_one_file_is_decompressed_once(tm
     assert scan([packed, copy], NEEDLES).findings == [f"{packed} (decompressed): secret"]
 
 
-@pytest.mark.needs("xorriso")
-def test_a_secret_inside_a_gzipped_file_of_an_iso_is_found(tmp_path):
+@pytest.mark.needs("zstd")
+def test_a_secret_in_a_zstd_stream_is_found(tmp_path):
+    """The installers' image data is zstd (clusteros.installer.payload)."""
+    plain = tmp_path / "data"
+    plain.write_bytes(b"a" * (CHUNK + 5000) + SECRET.hex().encode() + b"b" * 5000)
+    subprocess.run(["zstd", "-q", str(plain), "-o", str(tmp_path / "data.zst")], check=True)
+    plain.unlink()
+    found = scan([tmp_path / "data.zst"], NEEDLES)
+    assert found.findings == [f"{tmp_path / 'data.zst'} (decompressed): secret (hex)"]
+    assert found.read_bytes == CHUNK + 5000 + 2 * len(SECRET) + 5000, "all of it, decompressed"
+
+
+@pytest.mark.needs("xorriso", "zstd")
+def test_a_secret_inside_a_compressed_file_of_an_iso_is_found(tmp_path):
     medium = tmp_path / "medium"
     (medium / "boot").mkdir(parents=True)
     (medium / "boot" / "initrd.img").write_bytes(gzip.compress(b"cpio " + SECRET + b" more"))
+    (medium / "clusteros").mkdir()
+    subprocess.run(["zstd", "-q", "-o", str(medium / "clusteros" / "image.data.zst")], input=b"data " + SECRET,
+                   check=True)
     iso = tmp_path / "x.iso"
     subprocess.run(["xorriso", "-as", "mkisofs", "-o", str(iso), str(medium)], check=True, capture_output=True)
     found = scan([iso], NEEDLES).findings
-    assert found == [f"{iso}:boot/initrd.img (decompressed): secret"], found
+    assert found == [f"{iso}:boot/initrd.img (decompressed): secret",
+                     f"{iso}:clusteros/image.data.zst (decompressed): secret"], found
 
 
 def test_a_private_key_is_known_by_a_line_of_its_body(tmp_path):

@@ -22,7 +22,7 @@ def make_set(directory: Path) -> Path:
     (directory / "boot.ipxe").write_text(ipxe_script("rack", CONFIG))
     (directory / "dnsmasq.conf.example").write_text(dnsmasq_example("rack"))
     for name, body in (("vmlinuz", b"kernel"), ("initrd.img", b"initrd"), ("undionly.kpxe", b"bios ipxe"),
-                       ("snponly.efi", b"efi ipxe"), ("image.data.gz", b"data" * 100_000)):
+                       ("snponly.efi", b"efi ipxe"), ("image.data.zst", b"data" * 100_000)):
         (directory / name).write_bytes(body)
     return directory
 
@@ -33,7 +33,7 @@ def test_the_served_script_points_at_this_node_and_boots_what_was_asked():
     plan = pxeserve.Plan(pxeserve.Lan("eth0", "10.42.0.11", "10.42.0.0/24", None), "10.42.0.0,proxy", "ram")
     lines = pxeserve.served_script(ipxe_script("rack", CONFIG), plan).splitlines()
     assert lines[:2] == ["#!ipxe", "set boot-url http://10.42.0.11:8069/"], "kernel and initrd over HTTP"
-    assert "set image-url http://10.42.0.11:8069/image.data.gz" in lines
+    assert "set image-url http://10.42.0.11:8069/image.data.zst" in lines
     assert "set install ram" in lines
     assert lines.index("set install ram") < lines.index(":ram"), "the default, first"
     assert "initrd ${boot-url}initrd.img" in lines and any(line.startswith("kernel ${boot-url}vmlinuz ") for line in lines)
@@ -76,7 +76,7 @@ def test_a_set_is_received_whole_or_not_at_all(tmp_path):
     source = make_set(tmp_path / "built")
     into = tmp_path / "srv" / "pxe"
     assert pxeserve.receive(tar_of(source), into) == sorted(pxeserve.SET_FILES)
-    assert (into / "image.data.gz").read_bytes() == (source / "image.data.gz").read_bytes()
+    assert (into / "image.data.zst").read_bytes() == (source / "image.data.zst").read_bytes()
     evil = io.BytesIO()
     with tarfile.open(fileobj=evil, mode="w") as tar:
         tar.add(source / "boot.ipxe", arcname="boot.ipxe")
@@ -85,8 +85,8 @@ def test_a_set_is_received_whole_or_not_at_all(tmp_path):
     with pytest.raises(pxeserve.ServeError, match="not a file of a PXE set"):
         pxeserve.receive(evil, into)
     assert sorted(p.name for p in into.iterdir()) == sorted(pxeserve.SET_FILES), "the set before it is kept"
-    with pytest.raises(pxeserve.ServeError, match="not a whole PXE set: .*image.data.gz"):
-        pxeserve.receive(tar_of(source, leave_out="image.data.gz"), into)
+    with pytest.raises(pxeserve.ServeError, match="not a whole PXE set: .*image.data.zst"):
+        pxeserve.receive(tar_of(source, leave_out="image.data.zst"), into)
 
 
 def tar_of(directory: Path, leave_out: str = "") -> io.BytesIO:
