@@ -213,7 +213,8 @@ def build(*tasks: str, env: dict | None = None, behind: bool = False) -> subproc
 
 
 # The 3-node cluster's worker is the suite's long pole, and both workers' VMs want the two cores
-# at once: the other worker's machines (installs, Packer's) and builds yield to it. Each daemonized
+# at once: the installers' machines and build, in the other worker, yield to it (Packer's, which run
+# later, while the cluster's worker is on its last tests, do not). Each daemonized
 # QEMU and each doit (a session of its own) is an autogroup of its own, which the scheduler shares
 # the CPU between; `nice` alone only ranks processes within their group. Nice 10: about a tenth
 # of the CPU when the cluster's side wants all of it, all of it when it waits.

@@ -20,7 +20,7 @@ from clusteros.vm.node import Node
 from clusteros.vm.ssh import SSHTarget
 from clusteros.vm.switch import Switch
 
-from .conftest import ROOT, behind_the_cluster, build
+from .conftest import ROOT, build
 
 pytestmark = pytest.mark.e2e
 PACKER_DIST = "dist/e2e/packer"    # relative, as the default dist/ is
@@ -33,7 +33,7 @@ def packer_image():
     work.mkdir(parents=True)
     spec_file = work / "cluster.yaml"
     spec_file.write_text((ROOT / "cluster.yaml").read_text().replace("builder: native", "builder: packer"))
-    out = build("image", env={"CLUSTEROS_SPEC": str(spec_file), "CLUSTEROS_DIST": f"{PACKER_DIST}/dist"}, behind=True)
+    out = build("image", env={"CLUSTEROS_SPEC": str(spec_file), "CLUSTEROS_DIST": f"{PACKER_DIST}/dist"})
     return work, load_spec(spec_file), out
 
 
@@ -66,8 +66,8 @@ def test_packer_image_boots_and_passes_the_smoke_checks(packer_image):
             keys = machine.directory / "ssh-keys"
             keys.write_text(credentials.ssh_keys_text(spec))
             keys.chmod(0o600)
-            behind_the_cluster(machine.launch(qemu.node_argv(vm, machine.directory, overlay, acc, qemu.Boot("bios"),
-                                                             lan.sock) + qemu.fw_cfg_args({"clusteros-ssh-keys": keys})))
+            machine.launch(qemu.node_argv(vm, machine.directory, overlay, acc, qemu.Boot("bios"), lan.sock)
+                           + qemu.fw_cfg_args({"clusteros-ssh-keys": keys}))
             node = Node(vm.name, machine, SSHTarget(vm.ssh_port, "admin", secrets.test_key_path(spec)), acc.scale(1))
             node.wait_for_ssh(timeout=150)
             assert node.succeed("ps -p 1 -o comm=").strip() == "systemd"
