@@ -33,16 +33,14 @@ def pytest_runtest_setup(item):
 # -- the two test workers (pytest-xdist, --numprocesses=2 in pyproject.toml) ----------------------
 
 # They share one 3-node cluster, booted once. test_image comes last among them: its rebuild edits
-# a source file, and so the image test_vm runs from. test_rack (agents in namespaces, no VM) runs
-# in the same worker once the cluster is gone: the other worker's installs, behind the cluster for
-# the CPU (e2e/conftest.py), end later, and the two workers then end about together.
-CLUSTER_MODULES = re.compile(r"test/e2e/(test_cluster\w*|test_image|test_rack)\.py$")
+# a source file, and so the image test_vm runs from.
+CLUSTER_MODULES = re.compile(r"test/e2e/(test_cluster\w*|test_image)\.py$")
 CLUSTER_UNIT = "the 3-node cluster"
 
 
 def work_unit(nodeid: str) -> str:
-    """What one worker runs whole, in order: the 3-node cluster's modules together (and the rack
-    after them), every other e2e module by itself (its module-scoped machines, its fixed names and ports), each unit test alone.
+    """What one worker runs whole, in order: the 3-node cluster's modules together, every other e2e
+    module by itself (its module-scoped machines, its fixed names and ports), each unit test alone.
 
     The largest unit goes first: the cluster's to one worker, the installers' to the other, and the
     unit tests fill in wherever a worker is free."""

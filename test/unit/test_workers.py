@@ -24,7 +24,7 @@ def test_every_module_on_the_running_cluster_is_in_the_clusters_unit_and_no_othe
     assert {"test_cluster.py", "test_cluster_trust.py"} <= on_cluster, "the check must see them"
     for module in modules:
         unit = work_unit(f"test/e2e/{module.name}::test_x")
-        if module.name in on_cluster or module.name in ("test_image.py", "test_rack.py"):
+        if module.name in on_cluster or module.name == "test_image.py":
             assert unit == CLUSTER_UNIT, module.name
         else:
             assert unit == f"test/e2e/{module.name}", module.name
