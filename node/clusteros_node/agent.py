@@ -6,8 +6,8 @@ takes what arrives (a bounded number of packets per tick, and a bounded rate per
 sender, so a flood cannot starve the rest) and every TICK reconciles: wg0 peers with
 the members, the controller (clusteros_node.election), SLURM, K3s and the clock with
 the node's role; in a virtual machine it also gives the host back the node's cold page
-cache (clusteros_node.hostmemory). Each step stands alone: one failing is logged and retried next tick.
-Nothing a packet carries can stop the agent: every message is checked field by field
+cache (clusteros_node.hostmemory). Each step stands alone: one failing is logged and
+retried next tick. Nothing a packet carries can stop the agent: every message is checked field by field
 (clusteros_node.validate) and against what members hold (clusteros_node.registry), and
 an error while handling one drops that message, with a log line.
 """
