@@ -47,9 +47,9 @@ def test_the_memory_a_job_touched_goes_back_to_the_host_when_it_ends(running):
         "sbatch -w node3 --wrap \"dd if=/dev/zero of=/var/tmp/job-output bs=1M count=150 conv=fsync status=none"
         " && python3 -c 'import time; x = bytearray(300 * 2**20); x[::4096] = bytes(len(x) // 4096); time.sleep(4)'\"")
 
-    def grew() -> float:
+    def grew() -> float:   # the 300 MB at least: the agent may reclaim the file's cache before the peak
         now = machine.rss_mb()
-        assert now > before + 350, f"node3's QEMU holds {now} MB (before the job: {before} MB)"
+        assert now > before + 250, f"node3's QEMU holds {now} MB (before the job: {before} MB)"
         return now
     peak = running.retry(grew, 120, every=0.5)
 
