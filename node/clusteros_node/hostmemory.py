@@ -48,10 +48,10 @@ def emulated() -> bool:
 
 def inactive_file_bytes(meminfo: str) -> int:
     """The page cache on the inactive list (not used lately), from /proc/meminfo's text."""
-    for line in meminfo.splitlines():
-        if line.startswith("Inactive(file):"):
-            return int(line.split()[1]) * 1024
-    raise ValueError("/proc/meminfo has no Inactive(file) line")
+    kib = system.meminfo_kib(meminfo, "Inactive(file)")
+    if kib is None:
+        raise ValueError("/proc/meminfo has no Inactive(file) line")
+    return kib * 1024
 
 
 def reclaim_cold_cache(meminfo: Path = MEMINFO, reclaim: Path = ROOT_RECLAIM) -> int:

@@ -131,8 +131,13 @@ def unit_states(*units: str) -> dict[str, str]:
     return {unit: _seen[unit] for unit in units}
 
 
+def meminfo_kib(text: str, field: str) -> int | None:
+    """A field of /proc/meminfo's text (its values are in KiB); None if it has no such line."""
+    for line in text.splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return None
+
+
 def memory_mb() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) // 1024
-    return 0
+    return (meminfo_kib(Path("/proc/meminfo").read_text(), "MemTotal") or 0) // 1024
