@@ -4,6 +4,11 @@ zstd, not gzip: the installer inflates the image's 628 MiB at every install and 
 zstd does it in a third of pigz's CPU time (0.6 against 1.8 s on one core here; under
 emulation that is 15 s of each install); at level 3 it is also 8% smaller and three times
 faster to make (256 against 277 MiB, 2.7 against 8.9 s on two cores).
+
+Each extent carries the MD5 of its bytes, for the installer's read-back of the disk: that check
+asks whether the disk kept what was written, not whether the image is genuine (the compressed
+data's sha256 answered that before anything was written). Under emulation coreutils' md5sum
+reads 200 MB in 0.7 s where sha256sum takes 2.8 and busybox's 3.6: a quarter of each install.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from clusteros.atomic import atomic_path, write_json
 from clusteros.hashing import sha256_file
 
 MERGE_GAP = 1024 * 1024
+# Extents start and end on 4 KiB: the installer writes and reads them with O_DIRECT, which a disk
+# with 4 KiB logical sectors (many NVMe drives) accepts only at its sector size.
+ALIGN = 4096
 ZSTD_LEVEL = "-3"
 CHUNK = 4 * 1024 * 1024
 
@@ -29,7 +37,7 @@ CHUNK = 4 * 1024 * 1024
 class Extent:
     offset: int
     length: int
-    sha256: str
+    md5: str
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,8 @@ def data_extents(raw: Path, merge_gap: int = MERGE_GAP) -> list[tuple[int, int]]
     """(offset, length) of the sparse raw disk's data, from SEEK_DATA/SEEK_HOLE.
 
     Holes closer than `merge_gap` are written as zeros with their neighbours:
-    fewer, longer writes for the installer.
+    fewer, longer writes for the installer. Each extent is widened to ALIGN (the file's
+    size is a multiple of it: a disk's).
     """
     spans: list[list[int]] = []
     with open(raw, "rb") as f:
@@ -61,8 +70,9 @@ def data_extents(raw: Path, merge_gap: int = MERGE_GAP) -> list[tuple[int, int]]
                     break
                 raise
             end = os.lseek(fd, start, os.SEEK_HOLE)
+            start, end = start - start % ALIGN, min(size, -(-end // ALIGN) * ALIGN)
             if spans and start - spans[-1][1] < merge_gap:
-                spans[-1][1] = end
+                spans[-1][1] = max(spans[-1][1], end)
             else:
                 spans.append([start, end])
             position = end
@@ -70,14 +80,14 @@ def data_extents(raw: Path, merge_gap: int = MERGE_GAP) -> list[tuple[int, int]]
 
 
 def render_map(extents) -> str:
-    return "".join(f"{e.offset} {e.length} {e.sha256}\n" for e in extents)
+    return "".join(f"{e.offset} {e.length} {e.md5}\n" for e in extents)
 
 
 def _extents_read(raw: Path, extents: list[Extent]) -> Iterator[bytes]:
-    """The raw disk's data extents in order, as chunks; each extent's sha256 lands in `extents`."""
+    """The raw disk's data extents in order, as chunks; each extent's MD5 lands in `extents`."""
     with open(raw, "rb") as f:
         for offset, length in data_extents(raw):
-            digest = hashlib.sha256()
+            digest = hashlib.md5(usedforsecurity=False)
             f.seek(offset)
             left = length
             while left:
@@ -91,7 +101,7 @@ def _extents_read(raw: Path, extents: list[Extent]) -> Iterator[bytes]:
 def build_payload(raw: Path, data: Path, description: Path) -> None:
     """Read the raw disk's data extents once: hash each, and stream them into zstd.
 
-    `description` (JSON) lists the extents with their sha256 and the compressed file's own sha256.
+    `description` (JSON) lists the extents with their MD5 and the compressed file's own sha256.
     """
     extents: list[Extent] = []
     cores = os.cpu_count() or 1
@@ -101,7 +111,7 @@ def build_payload(raw: Path, data: Path, description: Path) -> None:
                    stdin=_extents_read(raw, extents), stdout=tmp, timeout=3600)
         payload = Payload(data, tuple(extents), sha256_file(tmp))
         write_json(description, {"data": data.name, "data_sha256": payload.data_sha256,
-                                 "extents": [[e.offset, e.length, e.sha256] for e in extents]})
+                                 "extents": [[e.offset, e.length, e.md5] for e in extents]})
     runner.say("payload", f"{payload.data_bytes / 2**20:.0f} MiB of data in {len(extents)} extents, "
                f"{data.stat().st_size / 2**20:.0f} MiB compressed")
 

@@ -241,3 +241,30 @@ def test_a_measure_with_nothing_to_count_says_nothing(machine):
     said = progress_said(machine, "loading", 4, f"[ -e {reading} ] && echo $(( 2 * MIB )); return 0",
                          f"sleep 0.05; touch {reading}; sleep 0.15; rm {reading}; sleep 0.1", every=0.02)
     assert said and set(said) == {"clusteros-installer: loading 2 of 4 MiB"}, said
+
+
+@pytest.mark.needs("zstd")
+def test_the_image_lands_at_its_extents_with_zeros_between_and_a_changed_byte_fails_the_read_back(machine):
+    """write_image and verify_image on a disk that is a file: the real zstd, dd (O_DIRECT) and md5sum."""
+    from clusteros.installer import payload
+    raw = machine.root / "image.raw"
+    with open(raw, "wb") as f:   # two extents far enough apart to stay two, the second ending the disk
+        f.truncate(12 * MIB)
+        f.write(b"boot" * 2048)
+        f.seek(12 * MIB - 8192)
+        f.write(b"\xee" * 8192)
+    payload.build_payload(raw, machine.root / "image.data.zst", machine.root / "payload.json")
+    (machine.root / "image.map").write_text(payload.render_map(payload.load_payload(machine.root / "payload.json").extents))
+    machine.disk("vda", 16, data_at=(4 * MIB, 12 * MIB + 5))   # an old install's leftovers
+    script = (f"IMAGE_FILE={machine.root}/image.data.zst IMAGE_MAP={machine.root}/image.map IMAGE_BYTES={12 * MIB} "
+              "TARGET_DISK=vda; write_image && verify_image && echo VERIFIED")
+    assert "VERIFIED" in machine.run(script).stdout
+    disk = (machine.root / "dev" / "vda").read_bytes()
+    assert disk[:12 * MIB] == raw.read_bytes(), "the image, its holes written as zeros"
+    assert disk[12 * MIB + 5:12 * MIB + 9] == b"data", "past the image, the disk is left as it was"
+
+    with open(machine.root / "dev" / "vda", "r+b") as f:   # a disk that did not keep one byte
+        f.seek(12 * MIB - 1)
+        f.write(b"\x00")
+    out = machine.run(f"IMAGE_MAP={machine.root}/image.map TARGET_DISK=vda; verify_image || cat $RUN_DIR/mismatch")
+    assert out.stdout.startswith(f"{12 * MIB - 8192} 8192 "), out.stdout + out.stderr
