@@ -41,6 +41,15 @@ DPKG_FILTERS = [
 ]
 
 
+def initramfs_config_dir() -> Path:
+    """images/common/initramfs: how the image's own initramfs is made (/etc/initramfs-tools)."""
+    return paths.IMAGES_DIR / "common" / "initramfs"
+
+
+def initramfs_config_files() -> list[Path]:
+    return sorted(p for p in initramfs_config_dir().rglob("*") if p.is_file())
+
+
 def package_list_file(distro: str) -> Path:
     return paths.IMAGES_DIR / distro / "packages"
 
@@ -68,7 +77,8 @@ def components(view: dict) -> list[str]:
 
 
 def cache_key(view: dict) -> str:
-    """Hash of everything that shapes the tree: distro, suite, mirror, arch, packages, recipe."""
+    """Hash of everything that shapes the tree: distro, suite, mirror, arch, packages, recipe,
+    the initramfs's configuration."""
     material = {
         "recipe": RECIPE_VERSION,
         "distro": view["distro"],
@@ -76,6 +86,8 @@ def cache_key(view: dict) -> str:
         "mirror": view["mirror"],
         "architecture": view["architecture"],
         "packages": packages(view),
+        "initramfs": {str(p.relative_to(initramfs_config_dir())): hashlib.sha256(p.read_bytes()).hexdigest()
+                      for p in initramfs_config_files()},
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -103,6 +115,9 @@ def mmdebstrap_command(view: dict, output: Path, apt_cache: Path) -> list[str]:
         "--skip=essential/unlink",
         f"--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/ {apt_cache}",
         f"--setup-hook=sync-in {apt_cache} /var/cache/apt/archives/",
+        # Before the kernel's package makes the first initramfs, so that it is made our way.
+        *(f"--essential-hook=install -D -m {p.stat().st_mode & 0o777:o} {p} "
+          f"\"$1\"/etc/initramfs-tools/{p.relative_to(initramfs_config_dir())}" for p in initramfs_config_files()),
         f"--customize-hook=sync-out /var/cache/apt/archives {apt_cache}",
         # An empty machine-id makes every node generate its own at first boot.
         "--customize-hook=truncate -s 0 \"$1\"/etc/machine-id",

@@ -54,3 +54,23 @@ def test_firmware_asked_for_brings_its_packages_and_component(distro, components
     free = view(f"image: {{distro: {distro}}}\n")
     assert not {p for p in rootfs.packages(free) if p.startswith(("firmware-", "linux-firmware"))}, "none by default"
     assert rootfs.cache_key(free) != rootfs.cache_key(v)
+
+
+def test_the_initramfs_is_configured_before_the_kernel_makes_it_and_its_configuration_is_in_the_key(tmp_path,
+                                                                                                  monkeypatch):
+    v = view("")
+    argv = rootfs.mmdebstrap_command(v, tmp_path / "out.tar", tmp_path / "debs")
+    hook = rootfs.initramfs_config_dir() / "hooks" / "clusteros-modules"
+    assert f'--essential-hook=install -D -m 755 {hook} "$1"/etc/initramfs-tools/hooks/clusteros-modules' in argv
+    conf = rootfs.initramfs_config_dir() / "conf.d" / "clusteros.conf"
+    assert f'--essential-hook=install -D -m 644 {conf} "$1"/etc/initramfs-tools/conf.d/clusteros.conf' in argv
+    assert "zstd" in rootfs.packages(v), "COMPRESS=zstd needs the zstd program in the tree"
+
+    import shutil
+    copy = tmp_path / "initramfs"
+    shutil.copytree(rootfs.initramfs_config_dir(), copy)
+    monkeypatch.setattr(rootfs, "initramfs_config_dir", lambda: copy)
+    before = rootfs.cache_key(v)
+    with open(copy / "conf.d" / "clusteros.conf", "a") as f:
+        f.write("COMPRESSLEVEL=19\n")
+    assert rootfs.cache_key(v) != before, "a changed initramfs configuration is a new root file system"
