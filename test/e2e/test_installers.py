@@ -271,6 +271,71 @@ def test_unattended_auto_target_refuses_two_empty_disks(installers):
     assert all(untouched(d) for d in disks)
 
 
+# What needs no booted machine runs while the three installs are under way too (the secret scan
+# reads GBs): once the checks below are done with them, the machines stop.
+
+@pytest.mark.usefixtures("installs")
+def test_pxe_set_has_what_a_boot_server_needs(installers):
+    names = {p.name for p in installers["pxe"].iterdir()}
+    assert names == {"vmlinuz", "initrd.img", "image.data.zst", "boot.ipxe", "dnsmasq.conf.example", "undionly.kpxe",
+                     "snponly.efi"}
+    assert installers["pxe"].joinpath("boot.ipxe").read_text().startswith("#!ipxe")
+
+
+# PC and server hardware the installs above do not run on (QEMU 7.2 has no igb, no r8169, no mpt3sas or
+# smartpqi controller): the installer must at least carry their drivers. The installs boot on AHCI,
+# NVMe, USB storage (xHCI), e1000e and virtio.
+PC_DRIVERS = {"ahci", "nvme", "sd_mod", "sr_mod", "usb-storage", "uas", "xhci-pci", "megaraid_sas", "mpt3sas", "smartpqi",
+              "e1000e", "igb", "r8169", "tg3",
+              "virtio_net", "virtio_blk"}
+
+
+@pytest.mark.usefixtures("installs")
+def test_the_installer_carries_the_drivers_of_common_pc_disks_and_nics(installers):
+    listing = subprocess.run(f"gunzip -c {installers['pxe'] / 'initrd.img'} | cpio -t --quiet", shell=True,
+                             capture_output=True, text=True, check=True).stdout.split()
+    carried = {Path(name).name.removesuffix(".ko") for name in listing if name.endswith(".ko")}
+    assert PC_DRIVERS <= carried, f"missing: {sorted(PC_DRIVERS - carried)}"
+
+
+def secrets_of(spec: dict) -> Needles:
+    """Every generation's cluster secret and what derives from it, the owner's and the test key's
+    private halves, the test key's public half (no image may let it in), and the WiFi passphrase and
+    the key derived from it."""
+    needles = Needles({"test public key": secrets.test_key_path(spec).with_suffix(".pub").read_text().split()[1].encode()})
+    needles |= Needles.for_private_key("test private key", secrets.test_key_path(spec))
+    needles |= Needles.for_private_key("owner private key", secrets.owner_key_path(spec))
+    for number in range(1, credentials.generation(spec) + 1):
+        secret = credentials.secret_bytes(spec, number)
+        needles |= Needles.for_secret(f"secret {number}", secret)
+        needles |= Needles.for_secret(f"munge key {number}", slurm.munge_key(secret))
+        needles |= Needles.for_secret(f"announce key {number}", messages.announce_key(secret))
+        needles |= Needles({f"k3s token {number}": k3s.token(secret).encode()})
+    if wifi_spec := spec["network"].get("wifi"):
+        passphrase = wifi.read_passphrase(wifi_spec)[1]
+        needles |= Needles({"WiFi passphrase": passphrase.encode()})
+        needles |= Needles.for_secret("WiFi key", bytes.fromhex(wifi.derive_psk(wifi_spec["ssid"], passphrase)))
+    return needles
+
+
+@pytest.mark.usefixtures("installs")
+def test_no_shareable_artifact_holds_a_secret_or_the_test_key(installers):
+    """Every byte of each, decompressed where it is compressed; the owner's part as the control."""
+    spec, needles = installers["spec"], secrets_of(installers["spec"])
+    shareable = [BUILT / f"democluster.{suffix}" for suffix in ("qcow2", "raw", "raw.gz", "data.zst")] + [
+        installers["iso"], BUILT / "democluster-usb.img.gz", installers["pxe"]]
+    found = scan(shareable, needles)
+    assert found.findings == []
+    assert found.read_bytes > 2 * 2**30, "the disks' data was read, not just their headers"
+    part = BUILT / "democluster-usb-credential.bin"
+    assert part.stat().st_mode & 0o777 == 0o600
+    in_part = scan([part], needles).findings
+    assert any(f.endswith("(hex)") and ": secret " in f for f in in_part), \
+        "the owner's part holds the credential: the scan would see a leak"
+    assert any(f.endswith(": WiFi key (hex)") for f in in_part), "and the WiFi key, so a node joins the network"
+    assert credentials.generation(spec) >= 1
+
+
 FIRMWARE = {"iso": "bios", "usb": "uefi", "pxe": "bios"}
 
 
@@ -338,28 +403,6 @@ def test_root_file_system_fills_the_disk(installed, installs, installers):
     assert size > 5.5 * 1024**3, f"a 4 GiB image on a 6 GiB disk: / is {size} bytes"
 
 
-def test_pxe_set_has_what_a_boot_server_needs(installers):
-    names = {p.name for p in installers["pxe"].iterdir()}
-    assert names == {"vmlinuz", "initrd.img", "image.data.zst", "boot.ipxe", "dnsmasq.conf.example", "undionly.kpxe",
-                     "snponly.efi"}
-    assert installers["pxe"].joinpath("boot.ipxe").read_text().startswith("#!ipxe")
-
-
-# PC and server hardware the installs above do not run on (QEMU 7.2 has no igb, no r8169, no mpt3sas or
-# smartpqi controller): the installer must at least carry their drivers. The installs boot on AHCI,
-# NVMe, USB storage (xHCI), e1000e and virtio.
-PC_DRIVERS = {"ahci", "nvme", "sd_mod", "sr_mod", "usb-storage", "uas", "xhci-pci", "megaraid_sas", "mpt3sas", "smartpqi",
-              "e1000e", "igb", "r8169", "tg3",
-              "virtio_net", "virtio_blk"}
-
-
-def test_the_installer_carries_the_drivers_of_common_pc_disks_and_nics(installers):
-    listing = subprocess.run(f"gunzip -c {installers['pxe'] / 'initrd.img'} | cpio -t --quiet", shell=True,
-                             capture_output=True, text=True, check=True).stdout.split()
-    carried = {Path(name).name.removesuffix(".ko") for name in listing if name.endswith(".ko")}
-    assert PC_DRIVERS <= carried, f"missing: {sorted(PC_DRIVERS - carried)}"
-
-
 def test_the_owners_stick_gives_its_machine_the_credential_and_a_test_vm_keeps_it_off_disk(installed, installs):
     usb, iso = installs["usb"].node, installs["iso"].node
     assert usb.succeed("sudo stat -c '%a %U' /var/lib/clusteros/credential.json").strip() == "600 root"
@@ -369,40 +412,3 @@ def test_the_owners_stick_gives_its_machine_the_credential_and_a_test_vm_keeps_i
         status = node.wait_until_succeeds("clusteros-node status --json | grep -q '\"generation\"' "
                                           "&& clusteros-node status --json", timeout=90)
         assert json.loads(status)["credential"]["generation"] >= 1, node.name
-
-
-def secrets_of(spec: dict) -> Needles:
-    """Every generation's cluster secret and what derives from it, the owner's and the test key's
-    private halves, the test key's public half (no image may let it in), and the WiFi passphrase and
-    the key derived from it."""
-    needles = Needles({"test public key": secrets.test_key_path(spec).with_suffix(".pub").read_text().split()[1].encode()})
-    needles |= Needles.for_private_key("test private key", secrets.test_key_path(spec))
-    needles |= Needles.for_private_key("owner private key", secrets.owner_key_path(spec))
-    for number in range(1, credentials.generation(spec) + 1):
-        secret = credentials.secret_bytes(spec, number)
-        needles |= Needles.for_secret(f"secret {number}", secret)
-        needles |= Needles.for_secret(f"munge key {number}", slurm.munge_key(secret))
-        needles |= Needles.for_secret(f"announce key {number}", messages.announce_key(secret))
-        needles |= Needles({f"k3s token {number}": k3s.token(secret).encode()})
-    if wifi_spec := spec["network"].get("wifi"):
-        passphrase = wifi.read_passphrase(wifi_spec)[1]
-        needles |= Needles({"WiFi passphrase": passphrase.encode()})
-        needles |= Needles.for_secret("WiFi key", bytes.fromhex(wifi.derive_psk(wifi_spec["ssid"], passphrase)))
-    return needles
-
-
-def test_no_shareable_artifact_holds_a_secret_or_the_test_key(installers):
-    """Every byte of each, decompressed where it is compressed; the owner's part as the control."""
-    spec, needles = installers["spec"], secrets_of(installers["spec"])
-    shareable = [BUILT / f"democluster.{suffix}" for suffix in ("qcow2", "raw", "raw.gz", "data.zst")] + [
-        installers["iso"], BUILT / "democluster-usb.img.gz", installers["pxe"]]
-    found = scan(shareable, needles)
-    assert found.findings == []
-    assert found.read_bytes > 2 * 2**30, "the disks' data was read, not just their headers"
-    part = BUILT / "democluster-usb-credential.bin"
-    assert part.stat().st_mode & 0o777 == 0o600
-    in_part = scan([part], needles).findings
-    assert any(f.endswith("(hex)") and ": secret " in f for f in in_part), \
-        "the owner's part holds the credential: the scan would see a leak"
-    assert any(f.endswith(": WiFi key (hex)") for f in in_part), "and the WiFi key, so a node joins the network"
-    assert credentials.generation(spec) >= 1
