@@ -2,6 +2,7 @@
 
 from clusteros import paths
 from tasks import TASKS
+from tasks.filecheck import StampOrContentChecker
 from tasks.reporter import Reporter
 
 globals().update(TASKS)
@@ -16,4 +17,5 @@ DOIT_CONFIG = {
     "verbosity": 2,
     "reporter": Reporter,
     "action_string_formatting": "new",
+    "check_file_uptodate": StampOrContentChecker,   # big files by their stamp, not hashed whole at every build
 }

@@ -14,6 +14,7 @@ from doit.cmd_base import ModuleTaskLoader
 from doit.doit_cmd import DoitMain
 
 import tasks
+from tasks.filecheck import StampOrContentChecker
 from clusteros import convert, image, paths, rootfs
 from clusteros.installer import InstallerError, media, payload, pxe
 
@@ -92,7 +93,8 @@ def project(tmp_path, monkeypatch):
             calls.clear()
             namespace = dict(tasks.TASKS)
             namespace["DOIT_CONFIG"] = {"dep_file": str(paths.doit_db()), "backend": "sqlite3",
-                                        "default_tasks": ["image", "raw", "gz"], "verbosity": 0}
+                                        "default_tasks": ["image", "raw", "gz"], "verbosity": 0,
+                                        "check_file_uptodate": StampOrContentChecker}
             paths.doit_db().parent.mkdir(parents=True, exist_ok=True)
             assert DoitMain(ModuleTaskLoader(namespace)).run(list(args)) == 0
             return list(calls)
@@ -334,3 +336,26 @@ def test_reporter_shows_clusteros_errors_without_a_traceback_and_bugs_with_one()
     text = out.getvalue()
     assert "k3s: http://x/k3s does not match its checksum\n  expected" in text
     assert text.count("Traceback (most recent call last)") == 1 and "KeyError: 'a bug'" in text
+
+
+def test_a_small_file_is_judged_by_its_content_and_a_big_one_by_its_stamp(tmp_path, monkeypatch):
+    import os
+    from tasks import filecheck
+    checker = filecheck.StampOrContentChecker()
+    small, big = tmp_path / "agent.py", tmp_path / "image.raw"
+    small.write_text("print('hi')\n")
+    with open(big, "wb") as f:
+        f.truncate(filecheck.BIG)
+    hashed = []
+    monkeypatch.setattr(filecheck, "get_file_md5", lambda path: hashed.append(Path(path).name) or "digest")
+    small_state, big_state = checker.get_state(str(small), None), checker.get_state(str(big), None)
+    assert hashed == ["agent.py"], "the big file is not read"
+    assert big_state[2] is None and checker.get_state(str(big), big_state) is None, "known stamp: nothing to do"
+
+    for path in (small, big):
+        os.utime(path, (time.time() + 5, time.time() + 5))   # rewritten, same bytes
+    assert not checker.check_modified(str(small), small.stat(), small_state), "same content: unchanged"
+    assert checker.check_modified(str(big), big.stat(), big_state), "a new stamp on a big file: changed"
+    small.write_text("print('bye')\n")   # a different size: changed, without hashing
+    hashed.clear()
+    assert checker.check_modified(str(small), small.stat(), small_state) and hashed == []
