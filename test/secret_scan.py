@@ -2,7 +2,7 @@
 
 An artifact is read as what it is: a sparse disk by its data extents only (SEEK_DATA),
 a gzip or zstd stream decompressed, an ISO 9660 image both as its own bytes and file by file
-(extracted with xorriso, each compressed member decompressed: the installer's initrd (gzip),
+(extracted with xorriso, each compressed member decompressed: the installer's initrd and
 the image data (zstd)). A folder is every file in it. A compressed file already decompressed
 (the same sha256: the image data the ISO and the PXE set carry) is not decompressed twice.
 """

@@ -3,7 +3,6 @@ static busybox, zstd and coreutils' hashers (with the C libraries they load) and
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
 import shutil
@@ -129,7 +128,8 @@ def add_executable(tree: Path, name: str) -> None:
 
 
 def pack(tree: Path, out: Path, step: str = "initramfs") -> None:
-    """`tree` as a gzipped newc cpio at `out`: owned by root, times zeroed, the same bytes every time."""
+    """`tree` as a zstd-compressed newc cpio at `out`: owned by root, times zeroed, the same bytes
+    every time."""
     for path in [tree, *tree.rglob("*")]:
         os.utime(path, (0, 0), follow_symlinks=False)
     listing = tree.parent / f"{tree.name}.list"
@@ -137,17 +137,17 @@ def pack(tree: Path, out: Path, step: str = "initramfs") -> None:
     archive = out.with_suffix(".cpio")
     runner.run(step, ["cpio", "--create", "--format=newc", "--reproducible", "--quiet", "--owner=0:0"],
                cwd=tree, stdin=listing, stdout=archive, log=runner.log_path(step))
-    # Level 6, not gzip's 9: measured on the installer's 45 MB cpio, 1.5 s instead of 15 s for 1% more.
-    with open(archive, "rb") as src, open(out, "wb") as dst, \
-            gzip.GzipFile(fileobj=dst, mode="wb", mtime=0, compresslevel=6) as gz:
-        shutil.copyfileobj(src, gz, 4 * 1024 * 1024)
+    # zstd -9, not gzip -6 (what it was): on the installer's 51 MB cpio, 12.3 MB instead of 15.0, made
+    # in 0.8 s instead of 1.7, and unpacked by the kernel in a fifth of the time at every boot.
+    runner.run(step, ["zstd", "-9", "--quiet", "--force", "--no-progress", "-o", out, archive],
+               log=runner.log_path(step), append=True)
     archive.unlink()
     listing.unlink()
 
 
 def build_initramfs(tree: Path, config: dict[str, str], extent_map: str, out: Path) -> None:
     """Busybox, zstd, the hashers, /init, its config and the image's extent map in `tree` (modules
-    already there) -> a gzipped newc cpio at `out`."""
+    already there) -> a zstd-compressed newc cpio at `out`."""
     add_busybox(tree)
     for program in (INFLATER, *HASHERS):
         add_executable(tree, program)

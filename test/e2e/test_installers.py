@@ -292,7 +292,7 @@ PC_DRIVERS = {"ahci", "nvme", "sd_mod", "sr_mod", "usb-storage", "uas", "xhci-pc
 
 @pytest.mark.usefixtures("installs")
 def test_the_installer_carries_the_drivers_of_common_pc_disks_and_nics(installers):
-    listing = subprocess.run(f"gunzip -c {installers['pxe'] / 'initrd.img'} | cpio -t --quiet", shell=True,
+    listing = subprocess.run(f"zstd -dc {installers['pxe'] / 'initrd.img'} | cpio -t --quiet", shell=True,
                              capture_output=True, text=True, check=True).stdout.split()
     carried = {Path(name).name.removesuffix(".ko") for name in listing if name.endswith(".ko")}
     assert PC_DRIVERS <= carried, f"missing: {sorted(PC_DRIVERS - carried)}"
