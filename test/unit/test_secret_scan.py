@@ -69,3 +69,16 @@ def test_a_private_key_is_known_by_a_line_of_its_body(tmp_path):
     (tmp_path / "leak").write_bytes(b"junk\n" + key.read_bytes())
     (tmp_path / "pub").write_bytes((tmp_path / "id.pub").read_bytes())
     assert scan([tmp_path / "leak", tmp_path / "pub"], needles).findings == [f"{tmp_path / 'leak'} @0: test key"]
+
+
+def test_a_secret_that_ends_in_zeros_just_before_a_chunk_of_zeros_is_found(tmp_path):
+    """Runs of zeros are not searched; a needle reaching into one still is found."""
+    raw_secret = b"\x5a" * 30 + b"\0\0"
+    needles = Needles.for_secret("secret", raw_secret)
+    packed = tmp_path / "disk.raw.gz"
+    packed.write_bytes(gzip.compress(b"z" * (CHUNK - 30) + raw_secret[:30] + bytes(3 * CHUNK)))
+    found = scan([packed], needles)
+    assert found.findings == [f"{packed} (decompressed): secret"]
+    assert found.read_bytes == 4 * CHUNK
+    with pytest.raises(AssertionError, match="zeros"):
+        Needles({"empty key": bytes(32)})
