@@ -52,38 +52,40 @@ missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "install-prereqs: apt-get install ${missing[*]} (log: $log)"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! { apt-get update && apt-get install -y --no-install-recommends "${missing[@]}"; } >>"$log" 2>&1; then
-        echo "install-prereqs: apt-get failed; last lines of $log:" >&2
-        tail -n 20 "$log" >&2
-        exit 1
-    fi
-else
-    echo "install-prereqs: system packages already installed"
-fi
-
 # QEMU 8 or later: from backports where the release's own is older (see BACKPORTS above).
+stale=()
 if [ -n "$BACKPORTS" ]; then
-    stale=()
     for q in "${QEMU_PACKAGES[@]}"; do
         version=$(dpkg-query -W -f='${Version}' "$q" 2>/dev/null || true)
         if [ -z "$version" ] || dpkg --compare-versions "$version" lt 1:8; then stale+=("$q"); fi
     done
-    if [ ${#stale[@]} -gt 0 ]; then
-        echo "install-prereqs: apt-get install -t $BACKPORTS ${stale[*]} (log: $log)"
-        if ! grep -rqs "$BACKPORTS" /etc/apt/sources.list /etc/apt/sources.list.d/; then
-            printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: main\nSigned-By: %s\n' \
-                "$BACKPORTS" /usr/share/keyrings/debian-archive-keyring.gpg > /etc/apt/sources.list.d/clusteros-backports.sources
-        fi
-        export DEBIAN_FRONTEND=noninteractive
-        if ! { apt-get update && apt-get install -y --no-install-recommends -t "$BACKPORTS" "${stale[@]}"; } >>"$log" 2>&1; then
-            echo "install-prereqs: apt-get failed; last lines of $log:" >&2
-            tail -n 20 "$log" >&2
-            exit 1
-        fi
+    if [ ${#stale[@]} -gt 0 ] && ! grep -rqs "$BACKPORTS" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: main\nSigned-By: %s\n' \
+            "$BACKPORTS" /usr/share/keyrings/debian-archive-keyring.gpg > /etc/apt/sources.list.d/clusteros-backports.sources
     fi
+fi
+
+# apt-get, its output to the log; on failure the log's last lines, and exit 1.
+apt_get() {
+    if ! DEBIAN_FRONTEND=noninteractive apt-get "$@" >>"$log" 2>&1; then
+        echo "install-prereqs: apt-get failed; last lines of $log:" >&2
+        tail -n 20 "$log" >&2
+        exit 1
+    fi
+}
+
+if [ ${#missing[@]} -gt 0 ] || [ ${#stale[@]} -gt 0 ]; then
+    apt_get update
+else
+    echo "install-prereqs: system packages already installed"
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-prereqs: apt-get install ${missing[*]} (log: $log)"
+    apt_get install -y --no-install-recommends "${missing[@]}"
+fi
+if [ ${#stale[@]} -gt 0 ]; then
+    echo "install-prereqs: apt-get install -t $BACKPORTS ${stale[*]} (log: $log)"
+    apt_get install -y --no-install-recommends -t "$BACKPORTS" "${stale[@]}"
 fi
 
 if [ ! -x .venv/bin/python ]; then
