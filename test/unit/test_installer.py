@@ -22,7 +22,7 @@ def sparse_file(path, size, data_at):
 def test_extents_are_the_data_of_a_sparse_file_with_close_holes_merged(tmp_path):
     raw = sparse_file(tmp_path / "disk.raw", 64 * MIB,
                       [(0, 4096), (512 * 1024, 4096), (10 * MIB, 2 * MIB), (40 * MIB, 4096)])
-    extents = payload.data_extents(raw)
+    extents = payload.install_extents(raw)
     # 0 and 512 KiB are less than 1 MiB apart: one extent, the hole between written as zeros.
     assert extents[0][0] == 0 and extents[0][1] >= 512 * 1024 + 4096
     assert [e[0] for e in extents[1:]] == [10 * MIB, 40 * MIB]
@@ -30,7 +30,7 @@ def test_extents_are_the_data_of_a_sparse_file_with_close_holes_merged(tmp_path)
 
 
 def test_a_file_without_data_has_no_extents(tmp_path):
-    assert payload.data_extents(sparse_file(tmp_path / "empty.raw", 8 * MIB, [])) == []
+    assert payload.install_extents(sparse_file(tmp_path / "empty.raw", 8 * MIB, [])) == []
 
 
 @pytest.mark.needs("zstd")
