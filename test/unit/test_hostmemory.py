@@ -33,7 +33,12 @@ def host(tmp_path):
     (tmp_path / "meminfo").write_text(MEMINFO)
     (tmp_path / "memory.reclaim").write_text("")
     (tmp_path / "order").write_text("9\n")
+    refaulted(tmp_path, 0)
     return tmp_path
+
+
+def refaulted(host: Path, pages: int) -> None:
+    (host / "vmstat").write_text(f"workingset_nodes 491\nworkingset_refault_anon 0\nworkingset_refault_file {pages}\n")
 
 
 def agent_part(host: Path, balloons: Path, emulated: bool, probes: list | None = None) -> HostMemory:
@@ -42,7 +47,7 @@ def agent_part(host: Path, balloons: Path, emulated: bool, probes: list | None =
             probes.append(1)
         return emulated
     return HostMemory(0.0, balloons=balloons, order=host / "order", meminfo=host / "meminfo",
-                      reclaim=host / "memory.reclaim", is_emulated=is_emulated)
+                      reclaim=host / "memory.reclaim", vmstat=host / "vmstat", is_emulated=is_emulated)
 
 
 def test_a_balloon_counts_only_if_its_device_offers_free_page_reporting(tmp_path):
@@ -115,3 +120,47 @@ def test_reclaiming_less_than_asked_is_not_an_error_but_a_refusal_is(host):
     assert hostmemory.reclaim_cold_cache(host / "meminfo", Refusing(errno.EAGAIN)) == 43008 * 1024
     with pytest.raises(PermissionError):
         hostmemory.reclaim_cold_cache(host / "meminfo", Refusing(errno.EACCES))
+
+
+def test_the_pages_read_back_after_their_eviction_are_read_from_vmstat(host):
+    refaulted(host, 25612)
+    assert hostmemory.refaulted_file_bytes((host / "vmstat").read_text()) == 25612 * 4096
+    with pytest.raises(ValueError, match="workingset_refault_file"):
+        hostmemory.refaulted_file_bytes("pgpgin 1\n")
+
+
+def reclaimed_at(part: HostMemory, host: Path, times: list[float]) -> list[float]:
+    """The rounds (of those at `times`) that wrote memory.reclaim."""
+    done = []
+    for now in times:
+        (host / "memory.reclaim").write_text("")
+        part.tick(now)
+        if (host / "memory.reclaim").read_text():
+            done.append(now)
+    return done
+
+
+def test_a_reclaim_that_came_back_doubles_the_wait_up_to_the_longest_and_one_that_did_not_resets_it(host, tmp_path):
+    part = agent_part(host, balloon(tmp_path, REPORTING), emulated=True)
+    pages = 0
+    done = []
+    for now in (30.0 * n for n in range(1, 60)):
+        if reclaimed_at(part, host, [now]):   # and half of it is read back in before the next round
+            done.append(now)
+            pages += 43008 // 4 // 2
+            refaulted(host, pages)
+    waits = [b - a for a, b in zip(done, done[1:])]
+    assert waits == [60.0, 120.0, 240.0, 480.0, 480.0], "each wait twice the last, up to the longest"
+    # A reclaim of which nothing is read back: the rounds after it reclaim again.
+    last = done[-1] + hostmemory.LONGEST_WAIT
+    assert reclaimed_at(part, host, [last, last + 30, last + 60]) == [last, last + 30, last + 60]
+
+
+def test_a_big_cache_is_reclaimed_at_the_next_round_however_long_the_wait(host, tmp_path):
+    part = agent_part(host, balloon(tmp_path, REPORTING), emulated=True)
+    for now in (30.0, 90.0):   # all of each reclaim comes back: the wait after 90 is 120 s
+        assert reclaimed_at(part, host, [now - 30, now]) == [now]
+        refaulted(host, int(now) * 43008 // 4)
+    assert reclaimed_at(part, host, [120.0, 150.0]) == []
+    (host / "meminfo").write_text(f"Inactive(file):   {hostmemory.BIG // 1024} kB\n")   # a job wrote its output
+    assert reclaimed_at(part, host, [165.0, 180.0]) == [180.0], "at the next round, not before"
