@@ -107,10 +107,12 @@ def dnsmasq_example(name: str) -> str:
 #
 # Complete but for your LAN, which goes on dnsmasq's command line. `clusteros-node serve-pxe`
 # runs this file exactly so; to run it yourself, as root, in this directory:
-#   dnsmasq --no-daemon --conf-file=dnsmasq.conf.example --interface=eth0 --tftp-root="$PWD" \
+#   dnsmasq --no-daemon --conf-file=dnsmasq.conf.example --interface=eth0 --tftp-root="$PWD" \\
 #           --dhcp-range=10.42.0.75,10.42.0.138,1h     # the LAN has no DHCP server: lease addresses
-#           --dhcp-range=10.42.0.0,proxy               # it has one: add only the boot information
+# or, where the LAN has a DHCP server, --dhcp-range=10.42.0.0,proxy to add only the boot information.
 # Then boot.ipxe is served over TFTP; set image-url in it to an HTTP copy of image.data.zst for speed.
+# serve-pxe also answers IPv6 router solicitations ("no router here"): on a LAN without an IPv6
+# router, iPXE otherwise waits about 16 s for one at every boot.
 port=0
 log-dhcp
 enable-tftp

@@ -6,8 +6,9 @@ no secret: a machine it boots is a stranger until the owner approves it (docs/se
 dnsmasq runs the set's own `dnsmasq.conf.example`, unchanged, with this LAN on its command
 line: the interface, the TFTP root, and a proxy range when the LAN already has a DHCP server
 (dnsmasq then adds only the boot information) or leases of its own when it has none. iPXE
-loads boot.ipxe, vmlinuz and initrd.img over TFTP; the image's data (hundreds of MB) comes
-over HTTP from this node, many times faster than TFTP. What is served is the set with one
+loads boot.ipxe over TFTP, then vmlinuz, initrd.img and the image's data (hundreds of MB) over
+HTTP from this node, many times faster than TFTP. IPv6 router solicitations get an answer that
+says there is no router (clusteros_node.norouter): iPXE then boots at once on a LAN without one. What is served is the set with one
 file changed: boot.ipxe, whose image URL points here and whose default is the boot asked for.
 Off until asked for; it runs in the foreground until stopped (`clusteros serve-pxe` starts it
 as the transient unit clusteros-pxe.service).
@@ -24,7 +25,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from clusteros_node import addressing, dhcpprobe, system
+from clusteros_node import addressing, dhcpprobe, norouter, system
 from clusteros_node.pxechoices import HTTP_PORT, RUN_DIR, SET_DIR
 
 SET_FILES = ("boot.ipxe", "vmlinuz", "initrd.img", "image.data.zst", "dnsmasq.conf.example",
@@ -201,6 +202,7 @@ def serve(set_dir: Path, plan: Plan, run_dir: Path = RUN_DIR) -> int:
     prepare(set_dir, served, plan)
     from clusteros_node import pxehttp   # http.server and what it brings: not for every clusteros-node command
     http = pxehttp.start(plan.lan.address, plan.http_port, served)
+    norouter.start(plan.lan.interface, system_log)
     dnsmasq = subprocess.Popen(dnsmasq_argv(set_dir, served, plan, run_dir / "dnsmasq.leases"))
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda *_: dnsmasq.terminate())

@@ -156,3 +156,52 @@ while (left := end - time.monotonic()) > 0 and select.select([s], [], [], left)[
 """
     lines = sh("ip", "netns", "exec", ns, sys.executable, "-c", code).splitlines()
     return {server: (address, "" if boot == "-" else boot) for server, address, boot in (l.split() for l in lines)}
+
+
+def test_a_router_solicitation_gets_an_advertisement_that_says_no_router(lan, tmp_path):
+    """What iPXE waits for on a LAN without an IPv6 router (clusteros_node.norouter): asked from the
+    link, an empty advertisement comes back to the asker; asked from off the link, nothing."""
+    for ns in (NODE, CLIENT):   # each link-local address past its duplicate check, so it can send
+        wait_for(lambda ns=ns: "tentative" not in sh("ip", "netns", "exec", ns, "ip", "-6", "address", "show", "lan0"))
+    server = start_serving(tmp_path, "--dhcp", "range")
+    try:
+        answers = solicit(CLIENT, hop_limits=(255, 64))
+        assert answers[255] is not None, "a solicitation from the link is answered"
+        sender, reply = answers[255]
+        assert sender.startswith("fe80::"), "from the node's link-local address"
+        assert reply == bytes([134, 0]) + reply[2:4] + bytes(12), \
+            f"an advertisement with no hop limit, no flag, lifetime 0 and no option: {reply.hex()}"
+        assert answers[64] is None, "one from off the link (hop limit 64) is not"
+        assert server.poll() is None
+    finally:
+        stop_serving(server)
+
+
+def wait_for(condition, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def solicit(ns: str, hop_limits: tuple[int, ...]) -> dict[int, tuple[str, bytes] | None]:
+    """A router solicitation from `ns` with each hop limit in turn; the router advertisement each gets
+    within 2 s, as (sender, message), or None."""
+    code = f"""
+import select, socket, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lan0")
+index = socket.if_nametoindex("lan0")
+for hops in {hop_limits!r}:
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, hops)
+    s.sendto(bytes([133, 0, 0, 0, 0, 0, 0, 0]), ("ff02::2", 0, 0, index))
+    got, end = None, time.monotonic() + 2
+    while got is None and (left := end - time.monotonic()) > 0 and select.select([s], [], [], left)[0]:
+        message, source = s.recvfrom(1500)
+        if message[0] == 134:
+            got = (source[0].split("%")[0], message)
+    print(hops, got[0] if got else "-", got[1].hex() if got else "-")
+"""
+    lines = sh("ip", "netns", "exec", ns, sys.executable, "-c", code).splitlines()
+    return {int(hops): None if sender == "-" else (sender, bytes.fromhex(message))
+            for hops, sender, message in (line.split() for line in lines)}

@@ -1,17 +1,20 @@
-"""`clusteros-node serve-pxe`'s parts: the served boot script, the lease range, DHCP offers, taking a set.
+"""`clusteros-node serve-pxe`'s parts: the served boot script, the lease range, DHCP offers, taking a set,
+the answer to IPv6 router solicitations.
 
 The real dnsmasq on a LAN of namespaces: test/e2e/test_serve_pxe_lan.py; a VM netbooted from
 a node of the test cluster: test/e2e/test_cluster_trust.py.
 """
 
 import io
+import socket
+import struct
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from clusteros.installer.settings import dnsmasq_example, ipxe_script
-from clusteros_node import dhcpprobe, pxeserve
+from clusteros_node import dhcpprobe, norouter, pxeserve
 
 CONFIG = {"INSTALL": "auto", "TARGET": "auto"}
 
@@ -110,3 +113,34 @@ def test_a_stream_cut_short_changes_nothing(tmp_path):
         pxeserve.receive(io.BytesIO(whole[:len(whole) // 2]), into)
     assert sorted(p.name for p in into.iterdir()) == sorted(pxeserve.SET_FILES)
     assert not into.with_name("pxe.incoming").exists()
+
+
+# -- the answer to IPv6 router solicitations (clusteros_node.norouter) -----------------------------
+
+def test_only_a_well_formed_solicitation_from_the_link_is_taken():
+    solicitation = bytes([133, 0, 0, 0, 0, 0, 0, 0])
+    assert norouter.is_solicitation(solicitation + b"\x01\x01" + bytes(6), 255), "options may follow"
+    assert not norouter.is_solicitation(solicitation, 64), "routed here from off the link"
+    assert not norouter.is_solicitation(solicitation, None), "no hop limit seen"
+    assert not norouter.is_solicitation(bytes([133, 1]) + bytes(6), 255), "code 1"
+    assert not norouter.is_solicitation(bytes([134]) + bytes(7), 255), "an advertisement"
+    assert not norouter.is_solicitation(solicitation[:7], 255), "short"
+
+
+def test_the_advertisement_says_no_router_and_nothing_else():
+    kind, code, _, hops, flags, lifetime, reachable, retransmit = struct.unpack("!BBHBBHII", norouter.advertisement())
+    assert (kind, code, hops, flags, lifetime, reachable, retransmit) == (134, 0, 0, 0, 0, 0, 0)
+    assert len(norouter.advertisement()) == 16, "no option: no prefix, no address"
+
+
+def test_the_socket_is_given_solicitations_only():
+    words = struct.unpack("=8I", norouter.solicitations_only())
+    blocked = {kind for kind in range(256) if words[kind >> 5] & (1 << (kind & 31))}
+    assert blocked == set(range(256)) - {133}
+
+
+def test_the_answer_goes_back_to_the_asker_or_to_all_nodes_from_no_address():
+    assert norouter.reply_to(("fe80::5054:ff:fe9f:2004%lan0", 0, 0, 3), 3) == ("fe80::5054:ff:fe9f:2004", 0, 0, 3)
+    assert norouter.reply_to(("::", 0, 0, 3), 3) == ("ff02::1", 0, 0, 3)
+    hop_limit = (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT, struct.pack("=i", 255))
+    assert norouter.hop_limit_of([hop_limit]) == 255 and norouter.hop_limit_of([]) is None
