@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.needs("ip", "ssh-keygen")]
 SIZE = 64
 # cluster.controller_grace: shorter than the default, as a user whose nodes reboot fast may set it;
 # the agents take it from the spec (the default's 90 s would be most of this module's time).
-GRACE = 30
+GRACE = 20
 
 
 @pytest.fixture(scope="module")
