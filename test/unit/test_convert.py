@@ -9,16 +9,7 @@ import pytest
 from clusteros import convert
 from clusteros.sparse import data_extents
 
-MIB = 1024 * 1024
-
-
-def sparse_disk(path, size, data_at):
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for offset, length in data_at:
-            f.seek(offset)
-            f.write(bytes(range(256)) * (length // 256))
-    return path
+from .test_installer import sparse_file
 
 
 @pytest.fixture
@@ -26,7 +17,7 @@ def disk(tmp_path):
     # Data at the start, across a member boundary, and in a last member shorter than the others;
     # members 2 and 3 are holes only.
     member = convert.MEMBER
-    return sparse_disk(tmp_path / "disk.raw", 4 * member + 8192,
+    return sparse_file(tmp_path / "disk.raw", 4 * member + 8192,
                        [(0, 4096), (member - 4096, 8192), (4 * member, 4096)])
 
 
