@@ -50,8 +50,34 @@ def work_unit(nodeid: str) -> str:
     return path if path.startswith("test/e2e/") else nodeid
 
 
+# The order the units are handed out in (xdist's own order, by test count, is off): the two long
+# ones first, one to each worker; then the unit tests, which the installers' worker runs in a few
+# seconds once its installs are done; then the modules that mostly wait (the rack's agents,
+# serve-pxe's LAN), beside the cluster's busiest stretch (the netbooted stranger); Packer's two VMs
+# last, beside the cluster's quieter last tests. Measured: a clean-clone run ended with both
+# workers' last 100 s a third idle, the rack and serve-pxe's LAN beside the cluster's last checks.
+LAST_UNITS = ("test/e2e/test_rack.py", "test/e2e/test_serve_pxe_lan.py", "test/e2e/test_packer.py")
+
+
+def unit_order(nodeid: str) -> tuple[int, int]:
+    unit = work_unit(nodeid)
+    if unit == CLUSTER_UNIT:
+        return (0, 0)
+    if unit == "test/e2e/test_installers.py":
+        return (1, 0)
+    if unit in LAST_UNITS:
+        return (3, LAST_UNITS.index(unit))
+    return (2, 0)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    if hasattr(config, "workerinput"):   # an xdist worker: its collection is what the units are made of
+        items.sort(key=lambda item: unit_order(item.nodeid))   # stable: each module's own order stays
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
+    config.option.loadscopereorder = False   # unit_order's, not the test count's
     # xdist's own groups (xdist_group marks, --dist loadgroup) ride on rewritten test ids, which
     # pytest 9.2 no longer lets a plugin rewrite: they silently stop grouping (pytest-xdist #1386).
     from xdist.scheduler import LoadScopeScheduling
