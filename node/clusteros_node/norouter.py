@@ -11,7 +11,8 @@ DHCPv6), no option (no prefix, so no address). A host learns nothing from it; wh
 has an IPv6 router, that router's own advertisements say what they say, as before.
 
 The solicitations come from the network: only a well-formed one from the link itself (hop
-limit 255, RFC 4861 6.1.1) is answered, and each sender at most twice a second.
+limit 255, RFC 4861 6.1.1) is answered, each sender at most twice a second and all of them at most
+PER_SECOND times a second (senders with forged addresses are new senders every time).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ ROUTER_SOLICITATION, ROUTER_ADVERTISEMENT = 133, 134
 LINK_HOP_LIMIT = 255
 ALL_NODES, ALL_ROUTERS = "ff02::1", "ff02::2"
 ICMP6_FILTER = 1               # <netinet/icmp6.h>: which ICMPv6 types a raw socket is given
+PER_SECOND = 50.0
+ANYONE = "*"                   # the limiter's key for every sender at once (no address looks like it)
 
 
 def advertisement() -> bytes:
@@ -79,12 +82,14 @@ def open_socket(interface: str, index: int) -> socket.socket:
     return sock
 
 
-def answer(sock: socket.socket, index: int, limiter: Limiter, said: Throttled, log: Callable[[str], None]) -> None:
+def answer(sock: socket.socket, index: int, limits: tuple[Limiter, Limiter], said: Throttled,
+           log: Callable[[str], None]) -> None:
     """Take one message off the socket (an error there ends the answering: the caller's) and
     answer it if it is a solicitation we answer."""
     message, ancillary, _, source = sock.recvmsg(1500, socket.CMSG_SPACE(4))
+    each, everyone = limits
     try:
-        if is_solicitation(message, hop_limit_of(ancillary)) and limiter.allow(source[0]):
+        if is_solicitation(message, hop_limit_of(ancillary)) and each.allow(source[0]) and everyone.allow(ANYONE):
             sock.sendto(advertisement(), reply_to(source, index))
     except (OSError, ValueError) as exc:   # a send refused (the link went down, say): the next may go
         if said.due("send"):
@@ -100,12 +105,13 @@ def start(interface: str, log: Callable[[str], None]) -> threading.Thread | None
     except OSError as exc:
         log(f"serve-pxe: no IPv6 on {interface} ({exc}): a netbooting iPXE waits for its own timeout")
         return None
-    limiter, said = Limiter(rate=2.0, burst=2.0), Throttled(every=60.0)
+    limits = (Limiter(rate=2.0, burst=2.0), Limiter(rate=PER_SECOND, burst=PER_SECOND, senders=1))
+    said = Throttled(every=60.0)
 
     def serve() -> None:
         try:
             while True:
-                answer(sock, index, limiter, said, log)
+                answer(sock, index, limits, said, log)
         except OSError as exc:
             log(f"serve-pxe: no longer answering router solicitations on {interface}: {exc}")
 

@@ -144,3 +144,45 @@ def test_the_answer_goes_back_to_the_asker_or_to_all_nodes_from_no_address():
     assert norouter.reply_to(("::", 0, 0, 3), 3) == ("ff02::1", 0, 0, 3)
     hop_limit = (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT, struct.pack("=i", 255))
     assert norouter.hop_limit_of([hop_limit]) == 255 and norouter.hop_limit_of([]) is None
+
+
+class Link:
+    """A stand-in for the raw socket: solicitations queued as (message, hop limit, source); answers kept."""
+
+    def __init__(self, arrivals, refuse: bool = False):
+        self.arrivals, self.sent, self.refuse = list(arrivals), [], refuse
+
+    def recvmsg(self, size, ancillary_size):
+        message, hops, source = self.arrivals.pop(0)
+        return message, [(socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT, struct.pack("=i", hops))], 0, (source, 0, 0, 3)
+
+    def sendto(self, data, target):
+        if self.refuse:
+            raise OSError("network is down")
+        self.sent.append(target[0])
+
+
+def answered(link: Link, limits=None, log=None) -> list[str]:
+    from clusteros_node.ratelimit import Limiter, Throttled
+    clock = lambda: 100.0   # noqa: E731 - no time passes: the limits' bursts alone
+    limits = limits or (Limiter(2.0, 2.0, clock=clock), Limiter(norouter.PER_SECOND, norouter.PER_SECOND, 1, clock=clock))
+    said = Throttled(60.0, clock=clock)
+    for _ in range(len(link.arrivals)):
+        norouter.answer(link, 3, limits, said, log or (lambda line: None))
+    return link.sent
+
+
+def test_each_sender_gets_two_answers_a_second_and_all_of_them_fifty():
+    solicitation = bytes([133, 0, 0, 0, 0, 0, 0, 0])
+    one = [(solicitation, 255, "fe80::1%lan0")] * 5
+    assert answered(Link(one)) == ["fe80::1"] * 2
+    forged = [(solicitation, 255, f"fe80::{n:x}%lan0") for n in range(1, 200)]
+    assert len(answered(Link(forged))) == norouter.PER_SECOND
+    assert answered(Link([(solicitation, 64, "fe80::1"), (bytes([128, 0]) + bytes(6), 255, "fe80::1")])) == []
+
+
+def test_a_refused_send_is_said_once_and_answering_goes_on():
+    lines = []
+    link = Link([(bytes([133]) + bytes(7), 255, "fe80::1"), (bytes([133]) + bytes(7), 255, "fe80::2")], refuse=True)
+    answered(link, log=lines.append)
+    assert link.arrivals == [] and len(lines) == 1 and "network is down" in lines[0]
