@@ -13,8 +13,8 @@ memory, and QEMU translates its code again (every 30 s, a third of an idle node'
 kernel's own count of pages read back soon after their eviction (/proc/vmstat's
 workingset_refault_file) sets the pace: when more than a quarter of what a reclaim asked for came
 back by the next round, the cache was in use, and the wait for the next reclaim doubles, up to
-LONGEST_WAIT; when it did not, the wait is RECLAIM_EVERY again. A cache of BIG or more (a job's output, written and not
-read) is reclaimed at the next round whatever the wait.
+LONGEST_WAIT; when it did not, the wait is RECLAIM_EVERY again. A cache of BIG or more (a job's
+output, written and not read) is reclaimed at the next round whatever the wait.
 
 Reclaimed cache leaves in single scattered pages, which the kernel reports only in blocks of
 2 MiB (pageblock order) unless told otherwise: under emulation (TCG) every free page is

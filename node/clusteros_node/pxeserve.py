@@ -8,9 +8,9 @@ line: the interface, the TFTP root, and a proxy range when the LAN already has a
 (dnsmasq then adds only the boot information) or leases of its own when it has none. iPXE
 loads boot.ipxe over TFTP, then vmlinuz, initrd.img and the image's data (hundreds of MB) over
 HTTP from this node, many times faster than TFTP. IPv6 router solicitations get an answer that
-says there is no router (clusteros_node.norouter): iPXE then boots at once on a LAN without one. What is served is the set with one
-file changed: boot.ipxe, whose image URL points here and whose default is the boot asked for.
-Off until asked for; it runs in the foreground until stopped (`clusteros serve-pxe` starts it
+says there is no router (clusteros_node.norouter): iPXE then boots at once on a LAN without one.
+What is served is the set with one file changed: boot.ipxe, whose image URL points here and
+whose default is the boot asked for. Off until asked for; it runs in the foreground until stopped (`clusteros serve-pxe` starts it
 as the transient unit clusteros-pxe.service).
 """
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from clusteros.vm.node import retry
 from clusteros_node import dhcpprobe
 
 from ..unit.test_serve_pxe import make_set
@@ -162,7 +163,7 @@ def test_a_router_solicitation_gets_an_advertisement_that_says_no_router(lan, tm
     """What iPXE waits for on a LAN without an IPv6 router (clusteros_node.norouter): asked from the
     link, an empty advertisement comes back to the asker; asked from off the link, nothing."""
     for ns in (NODE, CLIENT):   # each link-local address past its duplicate check, so it can send
-        wait_for(lambda ns=ns: "tentative" not in sh("ip", "netns", "exec", ns, "ip", "-6", "address", "show", "lan0"))
+        retry(lambda ns=ns: link_local_ready(ns), 10, every=0.2)
     server = start_serving(tmp_path, "--dhcp", "range")
     try:
         answers = solicit(CLIENT, hop_limits=(255, 64))
@@ -177,11 +178,9 @@ def test_a_router_solicitation_gets_an_advertisement_that_says_no_router(lan, tm
         stop_serving(server)
 
 
-def wait_for(condition, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
+def link_local_ready(ns: str) -> None:
+    addresses = sh("ip", "netns", "exec", ns, "ip", "-6", "address", "show", "lan0")
+    assert "tentative" not in addresses, f"{ns}: {addresses}"
 
 
 def solicit(ns: str, hop_limits: tuple[int, ...]) -> dict[int, tuple[str, bytes] | None]:
