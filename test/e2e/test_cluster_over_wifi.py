@@ -77,7 +77,7 @@ def wifi_node(running):
         machine.launch(qemu.node_argv(wired, machine.directory, overlay, acc, boot_with_radios(spec),
                                       lifecycle.switch().sock) + qemu.fw_cfg_args(handed))
     yield spec, lifecycle.node_handle(spec, vm, acc.scale(1.0))
-    machine.stop(3)   # nothing on it to keep: not worth an ACPI power-down under emulation
+    machine.stop(0)   # nothing on it to keep: not worth an ACPI power-down under emulation
     forget_everywhere(running, "node4")
     shutil.rmtree(machine.directory)
     shutil.rmtree(VARIANT)

@@ -201,7 +201,7 @@ def installs(installers):
                for number, medium in enumerate(("iso", "usb", "pxe"))}
     yield started
     for install in started.values():
-        install.node.machine.stop(timeout=3)   # nothing to keep: no need to wait out slurmd's stop
+        install.node.machine.stop(timeout=0)   # nothing to keep: no need to wait out slurmd's stop
         install.disk.unlink(missing_ok=True)   # its serial log stays; the disk is GBs a later test needs
 
 

@@ -46,6 +46,14 @@ def test_stop_without_acpi_falls_back_to_quit_and_leaves_nothing(vm):
     assert not vm.vnc_socket.exists(), "QEMU leaves its VNC socket; the stop removes it"
 
 
+def test_stop_with_no_time_for_a_powerdown_quits_at_once(vm):
+    vm.launch(list(QEMU_NONE))
+    started = time.monotonic()
+    assert vm.stop(timeout=0) == "quit over QMP"
+    assert time.monotonic() - started < 1.5, "no powerdown asked for, so none waited for"
+    assert not vm.is_alive() and not vm.qmp_socket.exists()
+
+
 def test_a_stuck_qemu_is_killed(vm):
     vm.launch(list(QEMU_NONE))
     os.kill(vm.pid(), signal.SIGSTOP)   # QMP cannot answer: powerdown and quit both time out
