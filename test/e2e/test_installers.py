@@ -10,8 +10,8 @@ are the image's BIOS and UEFI boots: the raw disk as it lands on hardware). The
 PXE machine reboots as far as its disk's boot menu (its firmware boots the disk
 it wrote) and stops there: the rest of that path, SeaBIOS's GRUB booting the
 image's kernel and initrd from a virtio disk, is the Packer image's smoke boot
-(test_packer.py), and a fourth node booting under emulation costs the suite a
-minute of its two cores. Two
+(test_packer.py), and a third installed system booting to SSH under emulation
+cost the suite about 50 CPU-seconds while the others waited for it. Two
 refusals must leave every disk untouched: the asking installer (booted from
 its kernel and initrd) answered with Enter, and the ISO as a CD under UEFI
 with two empty disks. A machine netbooted from a running node (dnsmasq, not
