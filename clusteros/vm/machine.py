@@ -198,7 +198,7 @@ class Machine:
 
         `timeout` 0: no powerdown, quit at once (a machine whose disk nothing needs again)."""
         how = "powered down"
-        if self.is_alive() and (timeout == 0 or not self.powerdown(timeout)):
+        if self.is_alive() and (timeout <= 0 or not self.powerdown(timeout)):
             how = "quit over QMP"
             try:
                 self.execute("quit", timeout=self.qmp_timeout)
