@@ -196,7 +196,7 @@ class Machine:
     def stop(self, timeout: float) -> str:
         """Graceful powerdown, then QMP quit, then SIGKILL. Says which one ended it.
 
-        `timeout` 0: no powerdown, quit at once (a machine whose disk nothing needs again)."""
+        `timeout` 0 (or less): no powerdown, quit at once (a machine whose disk nothing needs again)."""
         how = "powered down"
         if self.is_alive() and (timeout <= 0 or not self.powerdown(timeout)):
             how = "quit over QMP"

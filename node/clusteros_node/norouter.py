@@ -21,6 +21,7 @@ import ipaddress
 import socket
 import struct
 import threading
+import time
 from typing import Callable
 
 from clusteros_node.ratelimit import Limiter, Throttled
@@ -29,7 +30,8 @@ ROUTER_SOLICITATION, ROUTER_ADVERTISEMENT = 133, 134
 LINK_HOP_LIMIT = 255
 ALL_NODES, ALL_ROUTERS = "ff02::1", "ff02::2"
 ICMP6_FILTER = 1               # <netinet/icmp6.h>: which ICMPv6 types a raw socket is given
-PER_SECOND = 50.0
+PER_SENDER = 2.0               # answers a second to one sender
+PER_SECOND = 50.0              # and to all of them
 ANYONE = "*"                   # the limiter's key for every sender at once (no address looks like it)
 
 
@@ -96,6 +98,12 @@ def answer(sock: socket.socket, index: int, limits: tuple[Limiter, Limiter], sai
             log(f"serve-pxe: router advertisement to {source[0]}: {exc}")
 
 
+def limits(clock: Callable[[], float] = time.monotonic) -> tuple[Limiter, Limiter]:
+    """The answer's two limits, for `answer`: each sender's, and everyone's at once (key ANYONE)."""
+    return (Limiter(rate=PER_SENDER, burst=PER_SENDER, clock=clock),
+            Limiter(rate=PER_SECOND, burst=PER_SECOND, senders=1, clock=clock))
+
+
 def start(interface: str, log: Callable[[str], None]) -> threading.Thread | None:
     """Answer solicitations on `interface` from a daemon thread, for as long as the process runs.
     Where IPv6 is off (no raw ICMPv6 socket), there is nothing to answer: said, and None."""
@@ -105,13 +113,12 @@ def start(interface: str, log: Callable[[str], None]) -> threading.Thread | None
     except OSError as exc:
         log(f"serve-pxe: no IPv6 on {interface} ({exc}): a netbooting iPXE waits for its own timeout")
         return None
-    limits = (Limiter(rate=2.0, burst=2.0), Limiter(rate=PER_SECOND, burst=PER_SECOND, senders=1))
-    said = Throttled(every=60.0)
+    each_and_all, said = limits(), Throttled(every=60.0)
 
     def serve() -> None:
         try:
             while True:
-                answer(sock, index, limits, said, log)
+                answer(sock, index, each_and_all, said, log)
         except OSError as exc:
             log(f"serve-pxe: no longer answering router solicitations on {interface}: {exc}")
 

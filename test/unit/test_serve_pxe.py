@@ -162,11 +162,10 @@ class Link:
         self.sent.append(target[0])
 
 
-def answered(link: Link, limits=None, log=None) -> list[str]:
-    from clusteros_node.ratelimit import Limiter, Throttled
+def answered(link: Link, log=None) -> list[str]:
+    from clusteros_node.ratelimit import Throttled
     clock = lambda: 100.0   # noqa: E731 - no time passes: the limits' bursts alone
-    limits = limits or (Limiter(2.0, 2.0, clock=clock), Limiter(norouter.PER_SECOND, norouter.PER_SECOND, 1, clock=clock))
-    said = Throttled(60.0, clock=clock)
+    limits, said = norouter.limits(clock), Throttled(60.0, clock=clock)
     for _ in range(len(link.arrivals)):
         norouter.answer(link, 3, limits, said, log or (lambda line: None))
     return link.sent
