@@ -227,6 +227,21 @@ def test_a_long_step_says_how_far_it_is_as_its_measure_counts(machine):
     assert len(set(said)) > 1, "it moves"
 
 
+def test_the_last_line_is_counted_after_the_work_ends_even_when_it_ends_during_a_count(machine):
+    """A count taken just before the work's last write must not be the last word ("2 of 3 MiB" on a busy CI)."""
+    done = machine.root / "done"
+    said = progress_said(machine, "writing", 3, f"n=$(cat {done} 2>/dev/null || echo 0); sleep 0.3; echo $(( n * MIB ))",
+                         f"sleep 0.1; echo 3 > {done}", every=0.02)
+    assert said[0] == "clusteros-installer: writing 0 of 3 MiB", "the count in flight when the work ended"
+    assert said[-1] == "clusteros-installer: writing 3 of 3 MiB", said
+
+
+def test_a_failed_step_keeps_its_status(machine):
+    out = machine.run("MIB=1048576 PROGRESS_EVERY=0.02\ncounted() { echo 0; }\n"
+                      "with_progress writing $MIB counted -- sh -c 'exit 7'; echo status=$?")
+    assert "status=7" in out.stdout, out.stderr
+
+
 def test_a_measure_that_counts_more_than_the_whole_says_the_whole(machine):
     """A disk's read count also holds udev's probes of the new partitions: "checking 638 of 627 MiB" no more."""
     done = machine.root / "done"
