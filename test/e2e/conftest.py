@@ -252,6 +252,33 @@ def running(image, spec):
     doit("vm_clean", check=False)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed check on the cluster keeps every node's journal as it was then: a rare failure on a
+    busy CI is diagnosed from what the nodes logged, not from a rerun that passes."""
+    report = yield
+    cluster = getattr(item, "funcargs", {}).get("running")
+    if report.failed and cluster is not None:
+        report.sections.append(("the nodes' journals", "\n".join(keep_journals(cluster, item.name))))
+    return report
+
+
+def keep_journals(cluster, test_name: str) -> list[str]:
+    """Each node's journal of this boot, in dist/e2e/journals/TEST/ (vm_clean removes the machines'
+    own folders); says where, or why not."""
+    said, folder = [], DIST / "journals" / re.sub(r"[^\w.-]", "_", test_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    for node in cluster:
+        path = folder / f"{node.name}.log"
+        result = node.execute("sudo journalctl -b --no-pager -o short-monotonic", timeout=60)
+        if result.status != 0:
+            said.append(f"{node.name}: no journal ({result.stderr.strip()[-200:]})")
+            continue
+        atomic.write_text(path, result.stdout)
+        said.append(f"{node.name}: {path}")
+    return said
+
+
 def pids() -> dict[str, int]:
     from clusteros.vm import cluster as lifecycle
     from clusteros.vm.layout import VMNode
