@@ -103,6 +103,10 @@ class Agent:
         self.last_accepted = time.monotonic()
         self.last_saved = self.last_pruned = 0.0
         self.outbox: list[bytes] = []        # unsigned messages (offers) for the announce thread to send
+        # Members this node was to hand its newer generation to and has not reached yet (name -> wg0
+        # address), and whether a round of handing on is under way (see _hand_on_behind).
+        self.behind: dict[str, str] = {}
+        self.handing_on = False
 
     # -- who this node is ---------------------------------------------------
 
@@ -185,6 +189,8 @@ class Agent:
             self._settle_conflict(conflict)
             raise
         self.last_accepted = time.monotonic()
+        if generation == self.credential.generation:
+            self.behind.pop(a.name, None)
         if changed:
             self.pending.drop(a.wg_pubkey)   # approved on another member: no longer asking
             log(f"member {a.name} at {a.lan_ip} (wg {a.wg_ip})")
@@ -220,6 +226,7 @@ class Agent:
                 self._claim_wg_address(self.registry.taken_wg_ips())
             self._step("wireguard", self._mesh)
             self._housekeeping()
+            self._hand_on_behind()
             if time.monotonic() - self.started < SETTLE or self.wg_ip is None:
                 return
             self._elect()
@@ -391,7 +398,12 @@ class Agent:
             return self.credential.raw
 
     def rotate(self, raw: bytes, hand_on: bool = True) -> str:
-        """Take a newer credential the owner signed; the member it was given to hands it on to the others."""
+        """Take a newer credential the owner signed; the member it was given to hands it on to the others.
+
+        It hands it to the live members at once, and to every other member it knew then as soon as
+        it hears one while the previous generation's grace lasts (one missed, or out of reach for a
+        moment, would be cut off for good). A machine it did not know then (one forgotten before the
+        rotation, as a compromised member is) is never handed it."""
         new = credential_mod.parse(raw, self.cluster, self.places.owner_key)
         with self.lock:
             if new.generation <= self.credential.generation:
@@ -400,22 +412,59 @@ class Agent:
             self.retiring[old.generation] = (old.announce_key, time.monotonic() + ROTATION_GRACE)
             credential_mod.keep(new, self.places.lib / "credential.json")
             self.credential = new
-            targets = {name: b.wg_ip for name, b in self.registry.bindings.items()
-                       if name != self.me.name and name in {m.name for m in self.registry.live()}}
+            known = {name: b.wg_ip for name, b in self.registry.bindings.items() if name != self.me.name} \
+                if hand_on else {}
+            live = {name: known[name] for name in sorted(set(known) & {m.name for m in self.registry.live()})}
+            # The live ones are handed it below, and are behind only if that fails: a tick's round
+            # must not hand it to them meanwhile too.
+            self.behind = {name: wg_ip for name, wg_ip in known.items() if name not in live}
         log(f"credential: generation {new.generation} ({new.fingerprint}) replaces {old.generation}")
         if self.apply_system and new.wifi != old.wifi:
             device = wifi.follow(new, self.places, restart=True)
             log("credential: its WiFi network changed; "
                 + (f"clusteros-wifi@{device} restarted" if device else "no WLAN device here"))
-        reached = [name for name, ip in sorted(targets.items()) if hand_on and self._push(name, ip, raw)]
-        return f"generation {new.generation} here" + (f", and handed to {', '.join(reached)}" if reached else "")
+        reached = [name for name, wg_ip in live.items() if self._push(name, wg_ip, raw)]
+        with self.lock:
+            self.behind.update({name: wg_ip for name, wg_ip in live.items() if name not in reached})
+            left = sorted(self.behind)
+        said = f"generation {new.generation} here" + (f", and handed to {', '.join(reached)}" if reached else "")
+        if left:
+            said += (f"; not yet to {', '.join(left)}: handed on when heard, for the {ROTATION_GRACE:.0f} s "
+                     "the previous generation still counts")
+        return said
+
+    def _hand_on_behind(self) -> None:
+        """A round of handing the credential to members still behind that are live now, in a thread
+        of its own (an unreachable one costs a connection timeout, which must not hold the tick)."""
+        self.keys()   # drops the generations whose grace is over
+        if not self.retiring:
+            self.behind.clear()   # the grace is over: one still behind asks to join again
+        if self.handing_on or not self.behind:
+            return
+        live = {m.name for m in self.registry.live()}
+        targets = {name: wg_ip for name, wg_ip in self.behind.items() if name in live}
+        if targets:
+            self.handing_on = True
+            threading.Thread(target=self._hand_on_round, args=(targets, self.credential.raw),
+                             name="hand-on", daemon=True).start()
+
+    def _hand_on_round(self, targets: dict[str, str], raw: bytes) -> None:
+        try:
+            for name, wg_ip in sorted(targets.items()):
+                if self._push(name, wg_ip, raw):
+                    log(f"credential: generation {self.credential.generation} handed to {name}, on a later try")
+                    with self.lock:
+                        self.behind.pop(name, None)
+        finally:
+            self.handing_on = False
 
     def _push(self, name: str, wg_ip: str, raw: bytes) -> bool:
         try:
             transfer.push(wg_ip, enroll.CREDENTIAL_PORT, raw)
             return True
         except OSError as why:
-            log(f"credential: could not hand generation on to {name}: {why}")
+            if self.noisy.due(f"push {name}"):
+                log(f"credential: could not hand generation on to {name}: {why} (tried again while the grace lasts)")
             return False
 
     def pushed(self, raw: bytes, peer: str) -> None:

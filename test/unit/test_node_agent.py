@@ -16,7 +16,7 @@ import pytest
 
 from clusteros.spec import load_spec, node_view
 from clusteros_node import (accounting, candidate, credential, election, enroll, firewall, home, identity, messages, registry,
-                            slurm, status, system, timesync, validate, wireguard)
+                            slurm, status, system, timesync, transfer, validate, wireguard)
 from clusteros_node.agent import Agent
 from clusteros_node.places import Places
 from clusteros_node.ratelimit import Limiter
@@ -416,6 +416,57 @@ def test_a_machine_another_member_approved_no_longer_shows_as_asking(agent):
     assert [p["name"] for p in agent.status()["pending"]] == ["node3"]
     agent.receive(signed(payload("node3", 3)), "10.42.0.13")    # its first announcement, once approved elsewhere
     assert "node3" in agent.registry.members and agent.status()["pending"] == []
+
+
+@pytest.fixture
+def pushes(monkeypatch):
+    """transfer.push, recorded by member name; a name in `pushes.unreachable` fails as a down link does."""
+    record = SimpleNamespace(to=[], unreachable=set())
+
+    def push(wg_ip: str, port: int, raw: bytes) -> None:
+        name = f"node{wg_ip.rsplit('.', 1)[1]}"
+        if name in record.unreachable:
+            raise ConnectionRefusedError(f"{name} is out of reach")
+        record.to.append(name)
+    monkeypatch.setattr(transfer, "push", push)
+    return record
+
+
+def hand_on_round(agent) -> None:
+    agent._hand_on_behind()
+    assert node_retry(lambda: not agent.handing_on), "the round ends"
+
+
+def test_a_rotation_reaches_a_member_out_of_reach_once_it_is_heard_but_no_machine_unknown_then(agent, owner, pushes):
+    for n in (2, 3):
+        agent.receive(signed(payload(f"node{n}", n)), f"10.42.0.{10 + n}")
+    pushes.unreachable.add("node3")
+    said = agent.rotate(bundle(owner, 2, secret=b"u" * 32))
+    assert pushes.to == ["node2"] and "handed to node2" in said and "not yet to node3" in said, said
+    pushes.unreachable.clear()
+    agent.receive(signed(payload("node5", 5)), "10.42.0.15")   # the previous generation, in its grace: a member
+    agent.receive(signed(payload("node3", 3, seq=2)), "10.42.0.13")
+    hand_on_round(agent)
+    assert pushes.to == ["node2", "node3"], "node5 was not a member the rotation knew: it is never handed it"
+    hand_on_round(agent)
+    assert pushes.to == ["node2", "node3"] and agent.behind == {}
+
+
+def test_a_member_still_behind_when_the_grace_ends_is_not_handed_it(agent, owner, pushes):
+    agent.receive(signed(payload("node2", 2)), "10.42.0.12")
+    pushes.unreachable.add("node2")
+    agent.rotate(bundle(owner, 2, secret=b"u" * 32))
+    pushes.unreachable.clear()
+    agent.retiring = {g: (key, time.monotonic() - 1) for g, (key, _) in agent.retiring.items()}
+    hand_on_round(agent)
+    assert pushes.to == [] and agent.behind == {}, "after the grace it asks to join again, as a machine that was off"
+
+
+def test_a_member_a_push_reached_hands_nothing_on(agent, owner, pushes):
+    agent.receive(signed(payload("node2", 2)), "10.42.0.12")
+    agent.pushed(bundle(owner, 2, secret=b"u" * 32), "10.99.0.2")
+    hand_on_round(agent)
+    assert agent.credential.generation == 2 and pushes.to == []
 
 
 # -- what the agent writes ------------------------------------------------------------
