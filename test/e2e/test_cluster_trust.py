@@ -1,11 +1,15 @@
 """A cluster only its owner can join, on the running 3-node cluster (booted once, for test_cluster too).
 
 What a member, a stranger and a clock can and cannot do (docs/security.md): a rotation reaches
-every member; a machine without the credential (netbooted from node1) waits for the owner's
-approval; a member cannot take another's name; a flood of signed malformed messages changes
-nothing; a clock step moves no role; no token shows in a command line; once the rotation's
-grace is over (it runs out while the stranger joins), the old secret is refused. The last test
-stops and cleans the cluster. The tests run in this order and depend on it.
+every member; a member cannot take another's name; a flood of signed malformed messages changes
+nothing; a clock step moves no role; no token shows in a command line; a machine without the
+credential (netbooted from node1) waits for the owner's approval, and joins once given it; once
+the rotation's grace is over, the old secret is refused. The last test stops and cleans the
+cluster. The tests run in this order and depend on it.
+
+The stranger starts netbooting with the module: its boot to the point where it asks (a minute
+and more of emulated CPU, much of it waiting on one core) runs while the members' tests do, and
+it sees their rotation, flood and clock steps from the LAN as a machine beside a rack would.
 """
 
 import json
@@ -58,13 +62,14 @@ def _all_at(running, generation: int) -> None:
         assert agent_status(node)["credential"]["generation"] == generation, node.name
 
 
-# -- a stranger ---------------------------------------------------------------------
+# -- a stranger, netbooting from the module's start (its test is below the members') --------
 
-@pytest.fixture
-def stranger(running, spec):
+@pytest.fixture(scope="module", autouse=True)
+def netbooting(running, spec):
     """A fourth machine, with an empty disk and no credential (no fw_cfg): it netboots from node1,
     which serves the PXE set (`clusteros serve-pxe --boot ram`: dnsmasq, TFTP, HTTP), and runs the
-    image from RAM. The machine of a rack that nothing was installed on yet."""
+    image from RAM. The machine of a rack that nothing was installed on yet. Started first (see
+    the module's docstring); `stranger` takes it over."""
     doit("pxe")
     assert clusteros(["serve-pxe", "--boot", "ram"]) == 0   # through node1, the default member
     vm = layout(spec, 4)[3]
@@ -76,51 +81,19 @@ def stranger(running, spec):
     # Bigger than the test nodes (1 GiB, and 1 CPU each on 2 cores: vm.cpus auto): a rack is seldom
     # all alike, and a step's cpuset can be smaller than this node (checked once it is a member).
     machine.launch(qemu.netboot_argv(vm, machine.directory, disk, acc, lifecycle.switch().sock, memory=2048, cpus=2))
-    yield lifecycle.node_handle(spec, vm, acc.scale(1.0))
+    yield machine, lifecycle.node_handle(spec, vm, acc.scale(1.0)), disk
+    machine.stop(0)   # already stopped unless the stranger's test never ran
+
+
+@pytest.fixture
+def stranger(running, netbooting):
+    machine, handle, disk = netbooting
+    yield handle
     machine.stop(0)   # it runs from RAM: nothing to keep, no ACPI power-down to wait for
     assert untouched(disk), "running from RAM, it wrote nothing to its disk"
     forget_everywhere(running, "node4")
     assert clusteros(["serve-pxe", "--stop"]) == 0
     os.remove(disk)
-
-
-def test_a_machine_without_the_credential_waits_and_joins_only_once_approved(running, stranger):
-    """Netbooted from node1 (see `stranger`), it asks to join and shows its fingerprint on its console."""
-    stranger.wait_for_console_text(r"running democluster from RAM", timeout=400)
-    assert stranger.wait_for_console_text(r"loading \(compressed\) [1-9]\d* of \d+ MiB", timeout=1), \
-        "the RAM load showed its progress"
-    assert "dnsmasq-dhcp" in running["node1"].succeed("sudo journalctl -u clusteros-pxe --no-pager"), "node1 served it"
-    match = stranger.wait_for_console_text(r"clusteros-node approve (\w{4}-\w{4}-\w{4})", timeout=150)
-    fingerprint = match.group(1)
-    node1 = running["node1"]
-    running.retry(lambda: _asking(agent_status(node1), fingerprint), 30)
-    assert "node4" not in [m["name"] for m in agent_status(node1)["members"]], "no member before approval"
-    refused = stranger.execute("true")   # no key for admin: the image has none, the credential brings it
-    assert refused.status == 255 and "Permission denied (publickey)" in refused.stderr, refused
-
-    assert clusteros(["approve", fingerprint]) == 0       # from the build host, through node1
-    stranger.wait_for_ssh(timeout=90)
-    members = lambda: live_member(agent_status(node1), "node4")   # noqa: E731
-    running.retry(members, 60)
-    try:
-        node1.wait_until_succeeds("srun -w node4 hostname | grep -qx node4", timeout=90)
-    except Exception as failure:
-        raise AssertionError(f"{failure}\n--- what node1 knows\n{_slurm_story(node1)}") from failure
-    peers = stranger.succeed("sudo wg show wg0 peers").split()
-    assert len(peers) == 3, "node4 is in the mesh with all three"
-    for wanted in (1, 2):   # node4 has 2 CPUs: a step gets exactly the ones it asked for
-        seen = node1.succeed(f"srun -w node4 -c {wanted} grep Cpus_allowed_list /proc/self/status")
-        assert cpu_count(seen.split(":", 1)[1].strip()) == wanted, f"srun -c {wanted} on node4: {seen.strip()}"
-    assert json.loads(stranger.succeed("clusteros-node status --json"))["credential"]["generation"] >= 1
-
-
-def _slurm_story(node) -> str:
-    return node.execute("clusteros-node status; grep -H NodeName /etc/slurm/slurm.conf /run/slurm/conf/slurm.conf;"
-                        " scontrol show node node4; sudo journalctl -u slurmctld -u slurmd -n 40 --no-pager").stdout
-
-
-def _asking(status: dict, fingerprint: str) -> None:
-    assert fingerprint in [p["fingerprint"] for p in status["pending"]], status["pending"]
 
 
 # -- members ---------------------------------------------------------------------------
@@ -192,6 +165,49 @@ def test_no_token_or_secret_shows_in_a_command_line_or_a_world_readable_file(run
         node.fail("cat /var/lib/clusteros/k3s/token")   # 0600: not for the login user
         assert node.succeed("sudo stat -c %a /var/lib/clusteros/k3s/token").strip() == "600"
 
+
+# -- the stranger asks, and joins once approved ---------------------------------------------
+
+def test_a_machine_without_the_credential_waits_and_joins_only_once_approved(running, stranger):
+    """Netbooted from node1 (see `stranger`), it asks to join and shows its fingerprint on its console."""
+    stranger.wait_for_console_text(r"running democluster from RAM", timeout=400)
+    assert stranger.wait_for_console_text(r"loading \(compressed\) [1-9]\d* of \d+ MiB", timeout=1), \
+        "the RAM load showed its progress"
+    assert "dnsmasq-dhcp" in running["node1"].succeed("sudo journalctl -u clusteros-pxe --no-pager"), "node1 served it"
+    match = stranger.wait_for_console_text(r"clusteros-node approve (\w{4}-\w{4}-\w{4})", timeout=150)
+    fingerprint = match.group(1)
+    node1 = running["node1"]
+    running.retry(lambda: _asking(agent_status(node1), fingerprint), 30)
+    assert "node4" not in [m["name"] for m in agent_status(node1)["members"]], "no member before approval"
+    refused = stranger.execute("true")   # no key for admin: the image has none, the credential brings it
+    assert refused.status == 255 and "Permission denied (publickey)" in refused.stderr, refused
+
+    assert clusteros(["approve", fingerprint]) == 0       # from the build host, through node1
+    stranger.wait_for_ssh(timeout=90)
+    members = lambda: live_member(agent_status(node1), "node4")   # noqa: E731
+    running.retry(members, 60)
+    try:
+        node1.wait_until_succeeds("srun -w node4 hostname | grep -qx node4", timeout=90)
+    except Exception as failure:
+        raise AssertionError(f"{failure}\n--- what node1 knows\n{_slurm_story(node1)}") from failure
+    peers = stranger.succeed("sudo wg show wg0 peers").split()
+    assert len(peers) == 3, "node4 is in the mesh with all three"
+    for wanted in (1, 2):   # node4 has 2 CPUs: a step gets exactly the ones it asked for
+        seen = node1.succeed(f"srun -w node4 -c {wanted} grep Cpus_allowed_list /proc/self/status")
+        assert cpu_count(seen.split(":", 1)[1].strip()) == wanted, f"srun -c {wanted} on node4: {seen.strip()}"
+    assert json.loads(stranger.succeed("clusteros-node status --json"))["credential"]["generation"] >= 1
+
+
+def _slurm_story(node) -> str:
+    return node.execute("clusteros-node status; grep -H NodeName /etc/slurm/slurm.conf /run/slurm/conf/slurm.conf;"
+                        " scontrol show node node4; sudo journalctl -u slurmctld -u slurmd -n 40 --no-pager").stdout
+
+
+def _asking(status: dict, fingerprint: str) -> None:
+    assert fingerprint in [p["fingerprint"] for p in status["pending"]], status["pending"]
+
+
+# -- the rotation's grace ------------------------------------------------------------
 
 def test_once_the_rotation_grace_is_over_the_old_secret_is_refused(running):
     assert ROTATED, "runs after test_a_rotation_reaches_every_member"
