@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--via", default="1", help="the member to ask: a test node number (default 1) or user@host")
     p.add_argument("--spec")
     p.set_defaults(func=cmd_approve)
-    p = sub.add_parser("rotate", help="replace the cluster credential on every live member")
+    p = sub.add_parser("rotate", help="replace the cluster credential on every member (see docs/security.md)")
     p.add_argument("--via", default="1", help="the member to hand it to: a test node number (default 1) or user@host")
     p.add_argument("--spec")
     p.set_defaults(func=cmd_rotate)

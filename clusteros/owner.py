@@ -4,7 +4,8 @@ Both go through one member, over SSH, and the member's agent does the rest:
 - `clusteros approve FINGERPRINT`: that member binds the waiting machine and hands it
   the credential over wg0 (clusteros_node.enroll);
 - `clusteros rotate`: a new secret and the next generation, signed here with the owner's
-  key; that member takes it and hands it on to every live member. A member that was off
+  key; that member takes it and hands it on to every member (one out of reach as soon as
+  it is heard again, within the previous generation's grace). A member that was off longer
   then asks to join again, and is approved like a new machine;
 - `clusteros serve-pxe`: the PXE set (`doit pxe`, no secret in it) goes to that member, which
   then netboots the machines of its LAN (clusteros_node.pxeserve) until `--stop`.

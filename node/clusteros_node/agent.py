@@ -20,6 +20,7 @@ import select
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from clusteros_node import addressing, control, election, enroll, firewall, hostmemory, messages, slurm, system, timesync
@@ -103,8 +104,8 @@ class Agent:
         self.last_accepted = time.monotonic()
         self.last_saved = self.last_pruned = 0.0
         self.outbox: list[bytes] = []        # unsigned messages (offers) for the announce thread to send
-        # Members this node was to hand its newer generation to and has not reached yet (name -> wg0
-        # address), and whether a round of handing on is under way (see _hand_on_behind).
+        # Members this node was to hand its newer generation to and has not reached yet (name -> the
+        # WireGuard key it was bound to then), and whether a round of handing on is under way.
         self.behind: dict[str, str] = {}
         self.handing_on = False
 
@@ -385,6 +386,7 @@ class Agent:
         with self.lock:
             if name == self.me.name or not self.registry.forget(name):
                 raise ValueError(f"{name} is not a member this node knows (or is this node)")
+            self.behind.pop(name, None)   # forgotten, even in a rotation's grace: never handed it
         log(f"forgot {name}, on request")
         return f"forgot {name}: a machine with that name can be approved (or join) again"
 
@@ -400,10 +402,10 @@ class Agent:
     def rotate(self, raw: bytes, hand_on: bool = True) -> str:
         """Take a newer credential the owner signed; the member it was given to hands it on to the others.
 
-        It hands it to the live members at once, and to every other member it knew then as soon as
-        it hears one while the previous generation's grace lasts (one missed, or out of reach for a
-        moment, would be cut off for good). A machine it did not know then (one forgotten before the
-        rotation, as a compromised member is) is never handed it."""
+        It hands it to the live members at once, and to every other member it knew then (by name
+        and WireGuard key) as soon as it hears one while the previous generation's grace lasts:
+        one missed, or out of reach for a moment, would be cut off for good. A machine it did not
+        know then, or forgot since, is never handed it."""
         new = credential_mod.parse(raw, self.cluster, self.places.owner_key)
         with self.lock:
             if new.generation <= self.credential.generation:
@@ -412,20 +414,17 @@ class Agent:
             self.retiring[old.generation] = (old.announce_key, time.monotonic() + ROTATION_GRACE)
             credential_mod.keep(new, self.places.lib / "credential.json")
             self.credential = new
-            known = {name: b.wg_ip for name, b in self.registry.bindings.items() if name != self.me.name} \
-                if hand_on else {}
-            live = {name: known[name] for name in sorted(set(known) & {m.name for m in self.registry.live()})}
-            # The live ones are handed it below, and are behind only if that fails: a tick's round
-            # must not hand it to them meanwhile too.
-            self.behind = {name: wg_ip for name, wg_ip in known.items() if name not in live}
+            self.behind = {name: b.wg_pubkey for name, b in self.registry.bindings.items()
+                           if name != self.me.name} if hand_on else {}
+            live = self._reachable(self.behind)
+            self.handing_on = bool(live)   # no tick's round while the first one is under way
         log(f"credential: generation {new.generation} ({new.fingerprint}) replaces {old.generation}")
         if self.apply_system and new.wifi != old.wifi:
             device = wifi.follow(new, self.places, restart=True)
             log("credential: its WiFi network changed; "
                 + (f"clusteros-wifi@{device} restarted" if device else "no WLAN device here"))
-        reached = [name for name, wg_ip in live.items() if self._push(name, wg_ip, raw)]
+        reached = self._hand_on_round(live, raw) if live else []
         with self.lock:
-            self.behind.update({name: wg_ip for name, wg_ip in live.items() if name not in reached})
             left = sorted(self.behind)
         said = f"generation {new.generation} here" + (f", and handed to {', '.join(reached)}" if reached else "")
         if left:
@@ -433,28 +432,40 @@ class Agent:
                      "the previous generation still counts")
         return said
 
+    def _reachable(self, members: dict[str, str]) -> dict[str, str]:
+        """Of `members` (name -> WireGuard key), the live ones still bound to that key: name -> wg0 address."""
+        live = {m.name for m in self.registry.live()}
+        return {name: b.wg_ip for name, key in members.items()
+                if name in live and (b := self.registry.bindings.get(name)) is not None and b.wg_pubkey == key}
+
     def _hand_on_behind(self) -> None:
-        """A round of handing the credential to members still behind that are live now, in a thread
-        of its own (an unreachable one costs a connection timeout, which must not hold the tick)."""
+        """Each tick: a round of handing the credential to the members still behind that are live
+        now, in a thread of its own (one out of reach costs a connection timeout, which must not
+        hold the tick)."""
         self.keys()   # drops the generations whose grace is over
         if not self.retiring:
             self.behind.clear()   # the grace is over: one still behind asks to join again
         if self.handing_on or not self.behind:
             return
-        live = {m.name for m in self.registry.live()}
-        targets = {name: wg_ip for name, wg_ip in self.behind.items() if name in live}
+        targets = self._reachable(self.behind)
         if targets:
-            self.handing_on = True
             threading.Thread(target=self._hand_on_round, args=(targets, self.credential.raw),
                              name="hand-on", daemon=True).start()
+            self.handing_on = True
 
-    def _hand_on_round(self, targets: dict[str, str], raw: bytes) -> None:
+    def _hand_on_round(self, targets: dict[str, str], raw: bytes) -> list[str]:
+        """Push `raw` to every target at once; those that took it are no longer behind. Returns them."""
         try:
-            for name, wg_ip in sorted(targets.items()):
-                if self._push(name, wg_ip, raw):
-                    log(f"credential: generation {self.credential.generation} handed to {name}, on a later try")
-                    with self.lock:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                took = dict(zip(targets, pool.map(lambda t: self._push(*t, raw), targets.items())))
+            reached = sorted(name for name, ok in took.items() if ok)
+            if reached:
+                log(f"credential: handed on to {', '.join(reached)}")
+            with self.lock:
+                if self.credential.raw == raw:   # not a generation a later rotation replaced meanwhile
+                    for name in reached:
                         self.behind.pop(name, None)
+            return reached
         finally:
             self.handing_on = False
 
@@ -464,12 +475,13 @@ class Agent:
             return True
         except OSError as why:
             if self.noisy.due(f"push {name}"):
-                log(f"credential: could not hand generation on to {name}: {why} (tried again while the grace lasts)")
+                log(f"credential: could not hand the new generation to {name}: {why} (tried again while the grace lasts)")
             return False
 
     def pushed(self, raw: bytes, peer: str) -> None:
-        if peer not in {b.wg_ip for b in self.registry.bindings.values()}:
-            raise ValueError("a credential pushed from an address no member holds")
+        with self.lock:
+            if peer not in {b.wg_ip for b in self.registry.bindings.values()}:
+                raise ValueError("a credential pushed from an address no member holds")
         log(f"credential: {self.rotate(raw, hand_on=False)} (pushed from {peer})")
 
     def control(self, request: dict) -> str:

@@ -34,7 +34,7 @@ KEPT = Path("/var/lib/clusteros/credential.json")
 MAX_BYTES = 64 * 1024
 
 
-class BadCredential(Exception):
+class BadCredential(ValueError):
     pass
 
 

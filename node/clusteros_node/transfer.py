@@ -5,7 +5,8 @@ at the other end before a byte arrives). One line says what is wanted:
 - `GET`: the caller must be at the wg0 address of a candidate this member approved;
   it gets the credential bundle, as the owner signed it.
 - `PUSH <length>`: a member hands on a new credential (rotation); the bundle follows,
-  and is checked against the owner's signature by whoever takes it.
+  and is checked against the owner's signature by whoever takes it, who answers `OK` once
+  it holds it (nothing, if it refused it).
 Everything is bounded: the line, the bundle, the time a connection may take.
 """
 
@@ -61,6 +62,8 @@ class Server:
                     self._answer(conn, peer)
                 except (OSError, ValueError) as why:
                     self.log(f"credential service: {peer}: {why}")
+                except Exception as why:   # noqa: BLE001 - a bug must cost one request, never the service
+                    self.log(f"credential service: {peer}: unexpected {type(why).__name__}: {why}")
 
     def _answer(self, conn: socket.socket, peer: str) -> None:
         line = _read_line(conn)
@@ -72,6 +75,7 @@ class Server:
             self.log(f"credential service: handed the credential to {peer}")
         elif line.startswith("PUSH ") and line[5:].isdigit() and int(line[5:]) <= MAX_BYTES:
             self.on_push(_read_exactly(conn, int(line[5:])), peer)
+            conn.sendall(b"OK\n")
         else:
             raise ValueError(f"unknown request {line[:20]!r}")
 
@@ -93,5 +97,8 @@ def fetch(address: str, port: int) -> bytes:
 
 
 def push(address: str, port: int, bundle: bytes) -> None:
+    """Hand a credential to the member at `address`; returns once it holds it."""
     with socket.create_connection((address, port), timeout=TIMEOUT) as conn:
         conn.sendall(f"PUSH {len(bundle)}\n".encode() + bundle)
+        if conn.recv(3) != b"OK\n":
+            raise ConnectionError("it did not take the credential (see its node-agent's journal)")

@@ -452,6 +452,34 @@ def test_a_rotation_reaches_a_member_out_of_reach_once_it_is_heard_but_no_machin
     assert pushes.to == ["node2", "node3"] and agent.behind == {}
 
 
+def test_a_member_not_heard_at_the_rotation_is_handed_it_once_heard_within_the_grace(agent, owner, pushes):
+    """Right after a boot, say: node3 is bound but not heard lately."""
+    agent.receive(signed(payload("node2", 2)), "10.42.0.12")
+    agent.receive(signed(payload("node3", 3)), "10.42.0.13")
+    agent.registry.members["node3"].heard = time.monotonic() - 3600
+    said = agent.rotate(bundle(owner, 2, secret=b"u" * 32))
+    assert pushes.to == ["node2"] and "not yet to node3" in said, said
+    hand_on_round(agent)
+    assert pushes.to == ["node2"], "not live: not tried"
+    agent.receive(signed(payload("node3", 3, seq=2)), "10.42.0.13")
+    hand_on_round(agent)
+    assert pushes.to == ["node2", "node3"] and agent.behind == {}
+
+
+def test_a_member_forgotten_in_the_grace_or_back_with_another_key_is_never_handed_it(agent, owner, pushes):
+    for n in (2, 3):
+        agent.receive(signed(payload(f"node{n}", n)), f"10.42.0.{10 + n}")
+    pushes.unreachable |= {"node2", "node3"}
+    agent.rotate(bundle(owner, 2, secret=b"u" * 32))
+    pushes.unreachable.clear()
+    agent.forget("node2")
+    agent.forget("node3")
+    agent.receive(signed(payload("node2", 2, seq=2)), "10.42.0.12")   # back, old generation, its own key
+    agent.receive(signed(payload("node3", 3, seq=2, wg_pubkey=wg_key(33))), "10.42.0.13")   # a new key
+    hand_on_round(agent)
+    assert pushes.to == [], "forgotten after the rotation: a member again, but not one the rotation knew"
+
+
 def test_a_member_still_behind_when_the_grace_ends_is_not_handed_it(agent, owner, pushes):
     agent.receive(signed(payload("node2", 2)), "10.42.0.12")
     pushes.unreachable.add("node2")
@@ -467,6 +495,24 @@ def test_a_member_a_push_reached_hands_nothing_on(agent, owner, pushes):
     agent.pushed(bundle(owner, 2, secret=b"u" * 32), "10.99.0.2")
     hand_on_round(agent)
     assert agent.credential.generation == 2 and pushes.to == []
+
+
+def test_a_push_the_member_refuses_is_no_hand_on_and_a_bad_one_leaves_the_service_up(tmp_path):
+    taken, said = [], []
+
+    def on_push(raw: bytes, peer: str) -> None:
+        if raw != b"good":
+            raise credential.BadCredential("not signed by this cluster's owner")
+        taken.append(raw)
+    server = transfer.Server("127.0.0.1", 0, lambda peer: None, on_push, said.append)
+    port = server.listener.getsockname()[1]
+    try:
+        with pytest.raises(ConnectionError, match="did not take"):
+            transfer.push("127.0.0.1", port, b"forged")
+        transfer.push("127.0.0.1", port, b"good")
+        assert taken == [b"good"] and "not signed" in said[0]
+    finally:
+        server.close()
 
 
 # -- what the agent writes ------------------------------------------------------------
