@@ -471,7 +471,7 @@ class Agent:
 
     def _push(self, name: str, wg_ip: str, raw: bytes) -> bool:
         try:
-            transfer.push(wg_ip, enroll.CREDENTIAL_PORT, raw)
+            transfer.push(wg_ip, enroll.CREDENTIAL_PORT, raw, device=wireguard.INTERFACE if self.apply_system else None)
             return True
         except OSError as why:
             if self.noisy.due(f"push {name}"):

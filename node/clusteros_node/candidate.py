@@ -86,7 +86,8 @@ class Candidate:
         """The credential, once the tunnel's first handshake is through (a few tries)."""
         for attempt in range(5):
             try:
-                return transfer.fetch(server_wg_ip, enroll.CREDENTIAL_PORT)
+                return transfer.fetch(server_wg_ip, enroll.CREDENTIAL_PORT,
+                                      device=wireguard.INTERFACE if self.apply_system else None)
             except OSError:
                 if attempt == 4:
                     raise

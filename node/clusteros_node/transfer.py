@@ -83,9 +83,24 @@ class Server:
         self.listener.close()
 
 
-def fetch(address: str, port: int) -> bytes:
+def _connect(address: str, port: int, device: str | None) -> socket.socket:
+    """A connection that leaves by `device` only (wg0: were it missing, the route to a wg0
+    address could be the default one, and a credential would cross the LAN in the clear)."""
+    conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if device:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
+        conn.settimeout(TIMEOUT)
+        conn.connect((address, port))
+        return conn
+    except BaseException:
+        conn.close()
+        raise
+
+
+def fetch(address: str, port: int, device: str | None = None) -> bytes:
     """GET the credential from the member at `address` (over wg0)."""
-    with socket.create_connection((address, port), timeout=TIMEOUT) as conn:
+    with _connect(address, port, device) as conn:
         conn.sendall(b"GET\n")
         data = b""
         while len(data) <= MAX_BYTES:
@@ -96,9 +111,9 @@ def fetch(address: str, port: int) -> bytes:
     raise ValueError("the credential is too large")
 
 
-def push(address: str, port: int, bundle: bytes) -> None:
+def push(address: str, port: int, bundle: bytes, device: str | None = None) -> None:
     """Hand a credential to the member at `address`; returns once it holds it."""
-    with socket.create_connection((address, port), timeout=TIMEOUT) as conn:
+    with _connect(address, port, device) as conn:
         conn.sendall(f"PUSH {len(bundle)}\n".encode() + bundle)
         if conn.recv(3) != b"OK\n":
             raise ConnectionError("it did not take the credential (see its node-agent's journal)")

@@ -423,7 +423,7 @@ def pushes(monkeypatch):
     """transfer.push, recorded by member name; a name in `pushes.unreachable` fails as a down link does."""
     record = SimpleNamespace(to=[], unreachable=set())
 
-    def push(wg_ip: str, port: int, raw: bytes) -> None:
+    def push(wg_ip: str, port: int, raw: bytes, device: str | None = None) -> None:
         name = f"node{wg_ip.rsplit('.', 1)[1]}"
         if name in record.unreachable:
             raise ConnectionRefusedError(f"{name} is out of reach")
@@ -509,8 +509,10 @@ def test_a_push_the_member_refuses_is_no_hand_on_and_a_bad_one_leaves_the_servic
     try:
         with pytest.raises(ConnectionError, match="did not take"):
             transfer.push("127.0.0.1", port, b"forged")
-        transfer.push("127.0.0.1", port, b"good")
+        transfer.push("127.0.0.1", port, b"good", device="lo")
         assert taken == [b"good"] and "not signed" in said[0]
+        with pytest.raises(OSError):   # bound to its device: never out by another route
+            transfer.push("127.0.0.1", port, b"good", device="cos-nodev0")
     finally:
         server.close()
 
