@@ -449,9 +449,13 @@ class Agent:
             return
         targets = self._reachable(self.behind)
         if targets:
-            threading.Thread(target=self._hand_on_round, args=(targets, self.credential.raw),
-                             name="hand-on", daemon=True).start()
-            self.handing_on = True
+            self.handing_on = True   # before the start: a quick round may end before start() returns
+            try:
+                threading.Thread(target=self._hand_on_round, args=(targets, self.credential.raw),
+                                 name="hand-on", daemon=True).start()
+            except RuntimeError:     # no thread to be had: the next tick tries again
+                self.handing_on = False
+                raise
 
     def _hand_on_round(self, targets: dict[str, str], raw: bytes) -> list[str]:
         """Push `raw` to every target at once; those that took it are no longer behind. Returns them."""
