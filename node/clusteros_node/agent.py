@@ -227,7 +227,7 @@ class Agent:
                 self._claim_wg_address(self.registry.taken_wg_ips())
             self._step("wireguard", self._mesh)
             self._housekeeping()
-            self._hand_on_behind()
+            self._step("hand-on", self._hand_on_behind)
             if time.monotonic() - self.started < SETTLE or self.wg_ip is None:
                 return
             self._elect()
