@@ -268,9 +268,9 @@ def keep_journals(cluster, test_name: str) -> list[str]:
     own folders); says where, or why not."""
     said, folder = [], DIST / "journals" / re.sub(r"[^\w.-]", "_", test_name)
     folder.mkdir(parents=True, exist_ok=True)
-    for node in cluster:
+    journals = on_each(cluster, lambda node: node.execute("sudo journalctl -b --no-pager -o short-monotonic", timeout=60))
+    for node, result in zip(cluster, journals):
         path = folder / f"{node.name}.log"
-        result = node.execute("sudo journalctl -b --no-pager -o short-monotonic", timeout=60)
         if result.status != 0:
             said.append(f"{node.name}: no journal ({result.stderr.strip()[-200:]})")
             continue
