@@ -5,6 +5,7 @@ choice and the prompts run for real without touching a disk of this machine.
 """
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -209,7 +210,7 @@ def test_the_image_takes_over_with_its_own_module_loader_and_every_nic_but_lo_ba
 
 def progress_said(machine, verb: str, total_mib: int, counted: str, work: str, every: float = 0.05) -> list[str]:
     """What with_progress says while `work` runs, measured by `counted` (shell function bodies)."""
-    script = (f"MIB=1048576 PROGRESS_EVERY={every}\n"
+    script = (f"MIB=1048576 PROGRESS_POLL={every} PROGRESS_POLLS_PER_LINE=1\n"
               f"counted() {{ {counted}; }}\n"
               f"work() {{ {work}; }}\n"
               f"with_progress {verb} $(( {total_mib} * MIB )) counted -- work && echo ok")
@@ -236,8 +237,22 @@ def test_the_last_line_is_counted_after_the_work_ends_even_when_it_ends_during_a
     assert said[-1] == "clusteros-installer: writing 3 of 3 MiB", said
 
 
+def test_the_install_goes_on_once_the_work_ends_not_at_the_next_line(machine):
+    """Lines every 5 s (100 polls of 0.05 s), work of 0.1 s: done in a poll or so, and its one line is the end's."""
+    done = machine.root / "done"
+    script = ("MIB=1048576 PROGRESS_POLL=0.05 PROGRESS_POLLS_PER_LINE=100\n"
+              f"counted() {{ echo $(( $(cat {done} 2>/dev/null || echo 0) * MIB )); }}\n"
+              f"work() {{ sleep 0.1; echo 3 > {done}; }}\n"
+              "with_progress writing $(( 3 * MIB )) counted -- work && echo ok")
+    began = time.monotonic()
+    out = machine.run(script)
+    took = time.monotonic() - began
+    assert out.stdout.splitlines() == ["clusteros-installer: writing 3 of 3 MiB", "ok"], out.stderr
+    assert took < 2.5, f"with_progress returned {took:.1f} s after its 0.1 s of work: it waited for a line"
+
+
 def test_a_failed_step_keeps_its_status(machine):
-    out = machine.run("MIB=1048576 PROGRESS_EVERY=0.02\ncounted() { echo 0; }\n"
+    out = machine.run("MIB=1048576 PROGRESS_POLL=0.02\ncounted() { echo 0; }\n"
                       "with_progress writing $MIB counted -- sh -c 'exit 7'; echo status=$?")
     assert "status=7" in out.stdout, out.stderr
 
