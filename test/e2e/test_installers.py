@@ -3,7 +3,12 @@
 Three machines install at once, each onto an empty virtual disk that the
 firmware tries first (so a machine boots the installer only while its disk is
 empty, as a fleet does): the ISO as a CD under BIOS, the USB image as a USB
-stick under UEFI, and PXE through QEMU's built-in TFTP under BIOS with iPXE.
+stick under UEFI, and PXE under BIOS with iPXE: its boot script from QEMU's built-in TFTP, then
+the kernel, initrd and image over HTTP from this host, as `clusteros-node serve-pxe` serves
+them (its own rewrite of boot.ipxe). The image over QEMU's TFTP, one 1428-byte block per round
+trip through its user network, cost about 45 CPU-seconds of emulation; the installer's TFTP
+fetch, boot.ipxe's default for a set served by plain dnsmasq, is tested against dnsmasq in
+test_serve_pxe_lan.py.
 The ISO's and the stick's machines must reboot from their disks into the node
 image and answer SSH, and the smoke checks of a booted node run on them (these
 are the image's BIOS and UEFI boots: the raw disk as it lands on hardware). The
@@ -38,8 +43,9 @@ from clusteros.vm.machine import Machine
 from clusteros.vm.node import Node, retry
 from clusteros.vm.ssh import SSHTarget
 
-from clusteros_node import k3s, messages, slurm
+from clusteros_node import k3s, messages, pxeserve, slurm
 
+from ..local_http import serve_directory
 from ..secret_scan import Needles, scan
 from .conftest import DIST, ROOT, behind_the_cluster, build, relocatable, untouched
 
@@ -122,6 +128,19 @@ def installers(built, unattended_spec, fw_cfg_credential) -> dict:
             "spec": load_spec(unattended_spec), "credential": fw_cfg_credential}
 
 
+@pytest.fixture(scope="module")
+def pxe_served(installers) -> Path:
+    """The PXE set as `clusteros-node serve-pxe` serves it, from this host: QEMU's TFTP gives iPXE the
+    folder's boot.ipxe, which points at the HTTP server here (10.0.2.2 is this host, to a machine
+    on QEMU's user network) for the kernel, the initrd and the image. Up while the module runs."""
+    served = MACHINES / "pxe-served"
+    with serve_directory(served) as url:
+        port = int(url.rsplit(":", 1)[1])
+        lan = pxeserve.Lan("eth0", "10.0.2.2", "10.0.2.0/24", None)
+        pxeserve.prepare(installers["pxe"], served, pxeserve.Plan(lan, dhcp_range="", boot="auto", http_port=port))
+        yield served
+
+
 def flashed_stick(backing: Path, spec_file: Path) -> Path:
     """A 2 GiB stick (a loop device on `backing`), written and read back by `clusteros flash --credential`."""
     backing.unlink(missing_ok=True)
@@ -168,7 +187,7 @@ def qemu_base(machine: Machine, disk: Path, firmware: str, controller: str = "vi
     return argv
 
 
-def start_install(medium: str, built: dict, number: int) -> Install:
+def start_install(medium: str, built: dict, number: int, pxe_served: Path) -> Install:
     machine = Machine(f"install-{medium}", MACHINES / medium)
     machine.directory.mkdir(parents=True, exist_ok=True)
     disk = empty_disk(machine.directory / "disk.qcow2")
@@ -190,15 +209,15 @@ def start_install(medium: str, built: dict, number: int) -> Install:
             "-netdev", f"user,id=net,{forward}", "-device", f"{hardware['nic']},netdev=net"]
     else:
         argv = base + [
-            "-netdev", f"user,id=net,{forward},tftp={built['pxe']},bootfile=boot.ipxe",
+            "-netdev", f"user,id=net,{forward},tftp={pxe_served},bootfile=boot.ipxe",
             "-device", f"{hardware['nic']},netdev=net,bootindex=1"]
     behind_the_cluster(machine.launch(argv))
     return Install(medium, handle(machine, built["spec"], port), disk)
 
 
 @pytest.fixture(scope="module")
-def installs(installers):
-    started = {medium: start_install(medium, installers, number)
+def installs(installers, pxe_served):
+    started = {medium: start_install(medium, installers, number, pxe_served)
                for number, medium in enumerate(("iso", "usb", "pxe"))}
     yield started
     for install in started.values():

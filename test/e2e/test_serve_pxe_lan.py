@@ -117,6 +117,36 @@ def test_with_no_dhcp_server_the_node_leases_addresses_and_serves_boot_files_and
         stop_serving(server)
 
 
+def test_the_installer_fetches_the_image_from_the_node_by_tftp_and_by_http(lan, tmp_path):
+    """The installer's own fetch (images/installer/init, busybox's tftp and wget, as in its initramfs), in
+    the client's namespace: over TFTP, as boot.ipxe says by default for a set that plain dnsmasq serves
+    (dnsmasq.conf.example), and over HTTP, as serve-pxe's boot.ipxe says. The PXE install's VM
+    (test_installers.py) takes the HTTP way; QEMU's TFTP would cost it a minute of emulation."""
+    server = start_serving(tmp_path)
+    try:
+        for url in ("tftp://10.77.0.11/image.data.zst", "http://10.77.0.11:8069/image.data.zst"):
+            assert installer_fetch(tmp_path / url.split(":", 1)[0], url) == b"data" * 100_000, url
+    finally:
+        stop_serving(server)
+
+
+def installer_fetch(work: Path, url: str) -> bytes:
+    """What the installer's fetch_image leaves in its RAM (`RUN_DIR`) for clusteros.image=`url`."""
+    applets = work / "bin"
+    applets.mkdir(parents=True)
+    subprocess.run(["/bin/busybox", "--install", "-s", str(applets)], check=True)
+    script = (f"PATH={applets} CLUSTEROS_INIT_SOURCED=1 RUN_DIR={work} LOG={work}/log FETCH_TRIES=1\n"
+              f". {ROOT / 'images' / 'installer' / 'init'}\n"
+              "say() { echo \"$*\"; }\n"
+              "fail() { echo \"FAILED: $*\"; cat \"$LOG\"; exit 3; }\n"
+              f"IMAGE_URL={url}\n"
+              "fetch_image")
+    out = subprocess.run(["ip", "netns", "exec", CLIENT, "/bin/busybox", "sh", "-c", script], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return (work / "image.data.zst").read_bytes()
+
+
 def test_beside_a_dhcp_server_the_node_only_adds_the_boot_information(lan, tmp_path):
     other = subprocess.Popen(["ip", "netns", "exec", OTHER, "dnsmasq", "--keep-in-foreground", "--port=0",
                               "--conf-file=/dev/null", "--interface=lan0", "--bind-interfaces", "--pid-file=",
