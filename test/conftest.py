@@ -52,14 +52,14 @@ def work_unit(nodeid: str) -> str:
 
 # The order the units are handed out in (xdist's own order, by test count, is off; a worker takes
 # the next unit when its own has two tests left). The two long ones first, one to each worker;
-# then, on the installers' worker, the modules that mostly wait (the rack's agents, serve-pxe's
-# LAN) beside the cluster's busiest stretch (the netbooted stranger), and Packer's VMs after them;
-# the unit tests last, for whichever worker is free first. Measured on clean clones: with Packer
-# first, both workers' last 100 s were a third idle (759 s); with the unit tests before the
-# waiting modules, the installers' worker ran alone 47 s past the cluster's (753 s); in this order,
-# 726 s; with serve-pxe's LAN after Packer, Packer met the stranger and both slowed (767 s).
-ORDER = (CLUSTER_UNIT, "test/e2e/test_installers.py", "test/e2e/test_rack.py", "test/e2e/test_serve_pxe_lan.py",
-         "test/e2e/test_packer.py")
+# then, on the installers' worker, Packer's two VMs, the longest chain of what is left (build, then
+# boot), beside the cluster's last modules; then the rack's agents and serve-pxe's LAN, which mostly
+# wait, to whichever worker is free first (the cluster's, once its modules end sooner than the
+# installers' and Packer); the unit tests last. Measured on clean clones: with the rack and
+# serve-pxe's LAN before Packer, the installers' worker ran Packer last, alone, while the other
+# had only the unit tests left (726 and 764 s, 2026-11-28 evening).
+ORDER = (CLUSTER_UNIT, "test/e2e/test_installers.py", "test/e2e/test_packer.py", "test/e2e/test_rack.py",
+         "test/e2e/test_serve_pxe_lan.py")
 
 
 def unit_order(nodeid: str) -> int:
