@@ -26,8 +26,9 @@ import signal
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import pytest
 
@@ -35,6 +36,8 @@ from clusteros import atomic
 from clusteros_node import status as status_mod
 
 from ..local_http import serve_directory
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[2]
 DIST = ROOT / "dist" / "e2e"
@@ -210,6 +213,20 @@ def build(*tasks: str, env: dict | None = None, behind: bool = False) -> subproc
     with flocked(INPUTS_LOCK, fcntl.LOCK_EX), k3s_mirror():
         doit("rootfs", "keys", "k3s", env=env)
     return doit(*tasks, env=env, behind=behind)
+
+
+_background: dict[str, Future] = {}
+
+
+def in_background(name: str, work: Callable[[], T]) -> Future:
+    """`work()` in a thread of its own, started the first time `name` is asked for: a module starts
+    what the next one needs while its own tests mostly wait, and the next takes the result (or
+    starts the work itself, when it runs without the first)."""
+    if name not in _background:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        _background[name] = pool.submit(work)
+        pool.shutdown(wait=False)   # its thread ends with the work
+    return _background[name]
 
 
 # The 3-node cluster's worker is the suite's long pole, and both workers' VMs want the two cores

@@ -14,6 +14,14 @@ from .conftest import agent_status
 
 pytestmark = pytest.mark.e2e
 
+
+@pytest.fixture(scope="module", autouse=True)
+def wifi_image_meanwhile():
+    """The next module's image (test_cluster_over_wifi.py), built while these tests wait on SLURM."""
+    from .test_cluster_over_wifi import variant_image_building
+    variant_image_building()
+
+
 MPI_RING = (
     "from mpi4py import MPI; import socket; c = MPI.COMM_WORLD; r, n = c.Get_rank(), c.Get_size(); "
     "got = c.sendrecv(r, dest=(r + 1) % n, source=(r - 1) % n); "

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ from clusteros.vm import qemu
 from clusteros.vm.layout import layout
 
 from . import archive
-from .conftest import DIST, ROOT, WIFI, agent_status, build, forget_everywhere, live_member, relocatable
+from .conftest import DIST, ROOT, WIFI, agent_status, build, forget_everywhere, in_background, live_member, relocatable
 
 pytestmark = pytest.mark.e2e
 
@@ -58,12 +59,30 @@ def boot_with_radios(spec: dict) -> qemu.Boot:
     return dataclasses.replace(boot, cmdline=boot.cmdline + " modules-load=mac80211_hwsim")
 
 
+def variant_image_building() -> Future:
+    """The variant's image build (the spec file when done): started by test_cluster_compute.py, so
+    that it is built behind that module's tests, which mostly wait on SLURM (the build, ~25 s of
+    this worker's time, is niced like the installers'), or here."""
+    return in_background("wifi-image", _build_variant)
+
+
+def _build_variant() -> Path:
+    spec_file = variant_spec()
+    build("image", env={"CLUSTEROS_DIST": str(VARIANT.relative_to(ROOT)), "CLUSTEROS_SPEC": str(spec_file)},
+          behind=True)
+    return spec_file
+
+
+@pytest.fixture(scope="module", autouse=True)
+def pxe_set_meanwhile(running):
+    """The next module's PXE server (test_cluster_trust.py), node1 taking the set while this one's node boots."""
+    from .test_cluster_trust import pxe_set_serving
+    pxe_set_serving()
+
+
 @pytest.fixture(scope="module")
 def wifi_node(running):
-    spec_file = variant_spec()
-    build("image", env={"CLUSTEROS_DIST": str(VARIANT.relative_to(ROOT)),
-                        "CLUSTEROS_SPEC": str(spec_file)})
-    spec = load_spec(spec_file)
+    spec = load_spec(variant_image_building().result())
     vm = layout(spec, 4)[3]
     assert (vm.name, vm.lan_mac) == ("node4", NODE_RADIO)
     machine = lifecycle.machine(vm)

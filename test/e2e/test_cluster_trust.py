@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import time
+from concurrent.futures import Future
 
 import pytest
 
@@ -28,7 +29,7 @@ from clusteros_node import k3s
 from clusteros_node.agent import ROTATION_GRACE, TICK
 from clusteros_node.registry import LIVE_SECONDS
 
-from .conftest import DIST, agent_status, doit, forget_everywhere, live_member, pids, statuses, untouched
+from .conftest import DIST, agent_status, doit, forget_everywhere, in_background, live_member, pids, statuses, untouched
 from .test_cluster import payload_for, send
 from .test_cluster_compute import cpu_count
 
@@ -64,14 +65,25 @@ def _all_at(running, generation: int) -> None:
 
 # -- a stranger, netbooting from the module's start (its test is below the members') --------
 
+def pxe_set_serving() -> Future:
+    """node1 serving the PXE set (`doit pxe`, then `clusteros serve-pxe --boot ram`): started by
+    test_cluster_over_wifi.py, so that node1 takes the set (a 275 MB transfer, ~25 s of its CPU)
+    while that module's WiFi node boots, or here."""
+    return in_background("pxe-set", _serve_pxe)
+
+
+def _serve_pxe() -> None:
+    doit("pxe")
+    assert clusteros(["serve-pxe", "--boot", "ram"]) == 0   # through node1, the default member
+
+
 @pytest.fixture(scope="module", autouse=True)
 def netbooting(running, spec):
     """A fourth machine, with an empty disk and no credential (no fw_cfg): it netboots from node1,
     which serves the PXE set (`clusteros serve-pxe --boot ram`: dnsmasq, TFTP, HTTP), and runs the
     image from RAM. The machine of a rack that nothing was installed on yet. Started first (see
     the module's docstring); `stranger` takes it over."""
-    doit("pxe")
-    assert clusteros(["serve-pxe", "--boot", "ram"]) == 0   # through node1, the default member
+    pxe_set_serving().result()
     vm = layout(spec, 4)[3]
     machine = lifecycle.machine(vm)
     machine.directory.mkdir(parents=True, exist_ok=True)
