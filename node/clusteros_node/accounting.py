@@ -101,15 +101,27 @@ class Accounting:
     """Keeps MariaDB and slurmdbd running on the storage node; sets the database up once per start.
     On the controller, says whether slurmdbd has answered yet."""
 
-    def __init__(self, probe: ConnectProbe | None = None):
+    def __init__(self, probe: ConnectProbe | None = None, reached_file: Path | None = None):
         self.granted = False
         self.units: dict[str, str] = {}
         self.probe = probe or ConnectProbe(DBD_PORT)
+        self.reached_file = reached_file
 
     def reachable(self, host: str) -> bool:
         """Has slurmdbd on `host` ever taken a connection? Once it has, it stays so: slurmctld keeps
-        its accounting through an outage (it queues the records), rather than restart twice."""
-        return self.probe.answered_by(host)
+        its accounting through an outage (it queues the records), rather than restart twice.
+
+        Kept across reboots in `reached_file`: slurmctld that ran with this database has saved its
+        state (the TRES it got from it) and starts with the database named even while slurmdbd is
+        not up yet, as after a reboot of a controller that is also the storage node. Naming it only
+        once it answered again would restart slurmctld a few seconds after its start, and a batch
+        job it was launching then was lost (requeued as NODE_FAIL, seen in a clean-clone run)."""
+        if self.reached_file is not None and system.read_text(self.reached_file).strip() == host:
+            return True
+        answered = self.probe.answered_by(host)
+        if answered and self.reached_file is not None:
+            system.write_if_changed(self.reached_file, f"{host}\n".encode())
+        return answered
 
     def ensure(self) -> None:
         """MariaDB, then the database account, then slurmdbd, a step a tick: each unit is started

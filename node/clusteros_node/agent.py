@@ -93,7 +93,8 @@ class Agent:
         self.limiter, self.noisy = Limiter(SENDER_RATE, SENDER_BURST), Throttled(60.0)
         self.pending, self.approvals = enroll.Pending(), enroll.Approvals()
         self.slurm, self.k3s = slurm.Slurm(), k3s_mod.K3s(spec["services"]["k3s"]["enabled"])
-        self.home, self.accounting = home_mod.Home(), accounting_mod.Accounting()
+        self.home = home_mod.Home()
+        self.accounting = accounting_mod.Accounting(reached_file=places.lib / "slurmdbd-reached")
         self.started = time.monotonic()
         self.host_memory = hostmemory.HostMemory(self.started)
         self.boot_id = _read(Path("/proc/sys/kernel/random/boot_id")) or "00000000-0000-0000-0000-000000000000"

@@ -595,6 +595,23 @@ def test_slurmdbd_is_named_only_once_it_answered_and_then_for_good():
     assert dbd.reachable("127.0.0.1"), "and remembered once the listener is gone"
 
 
+def test_slurmdbd_once_reached_is_named_from_the_start_after_a_reboot(tmp_path):
+    """A controller that reached slurmdbd names it at its next start (a new agent, nothing listening
+    yet): its slurmctld has saved state, so it need not start without accounting and be restarted
+    once slurmdbd answers, losing the batch job it was launching then."""
+    reached = tmp_path / "slurmdbd-reached"
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        dbd = accounting.Accounting(accounting.ConnectProbe(port), reached_file=reached)
+        assert node_retry(lambda: dbd.reachable("127.0.0.1"))
+    assert reached.read_text() == "127.0.0.1\n"
+    after_reboot = accounting.Accounting(accounting.ConnectProbe(port), reached_file=reached)
+    assert after_reboot.reachable("127.0.0.1"), "named at once, nothing listening"
+    assert not after_reboot.reachable("127.0.0.2"), "another storage node is asked afresh"
+
+
 def test_a_probe_of_a_silent_host_never_holds_the_tick_and_starts_again_after_its_patience():
     # A silent host on loopback: a listener whose one-place queue is full drops further SYNs.
     with socket.socket() as server, socket.socket() as first_in:
