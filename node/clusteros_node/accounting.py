@@ -106,6 +106,7 @@ class Accounting:
         self.units: dict[str, str] = {}
         self.probe = probe or ConnectProbe(DBD_PORT)
         self.reached_file = reached_file
+        self.reached = system.read_text(reached_file).strip() if reached_file is not None else ""   # once, not every tick
 
     def reachable(self, host: str) -> bool:
         """Has slurmdbd on `host` ever taken a connection? Once it has, it stays so: slurmctld keeps
@@ -116,11 +117,12 @@ class Accounting:
         not up yet, as after a reboot of a controller that is also the storage node. Naming it only
         once it answered again would restart slurmctld a few seconds after its start, and a batch
         job it was launching then was lost (requeued as NODE_FAIL, seen in a clean-clone run)."""
-        if self.reached_file is not None and system.read_text(self.reached_file).strip() == host:
+        if host == self.reached:
             return True
         answered = self.probe.answered_by(host)
         if answered and self.reached_file is not None:
             system.write_if_changed(self.reached_file, f"{host}\n".encode())
+            self.reached = host
         return answered
 
     def ensure(self) -> None:
