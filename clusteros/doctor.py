@@ -40,6 +40,7 @@ COMMON: list[Check] = [
     ("grub-mkrescue", "grub-mkrescue", "grub-common", "iso, usb"),
     ("cpio", "cpio", "cpio", "iso, usb, pxe"),
     ("static busybox", "/bin/busybox", "busybox-static", "iso, usb, pxe"),
+    ("xxhsum", "xxhsum", "xxhash", "iso, usb, pxe"),
     ("iPXE ROMs", "/usr/lib/ipxe/qemu/efi-virtio.rom", "ipxe-qemu", "PXE tests"),
 ]
 NATIVE: list[Check] = [

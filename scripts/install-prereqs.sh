@@ -16,6 +16,7 @@ packages=(
     qemu-system-x86 vde2 seabios ovmf         # test_vm
     packer                                    # image.builder: packer
     xorriso cpio busybox-static ipxe-qemu     # iso, usb, pxe (and booting them in tests)
+    xxhash                                    # the installers read the disk back with xxhsum
     ipxe dnsmasq-base                         # the PXE set's iPXE chain-loaders; the serve-pxe tests
     shellcheck                                # the tests lint every shell script
     nftables                                  # the tests check the node firewall's ruleset

@@ -1,6 +1,6 @@
 """payload, iso, usb, pxe: installers for the node image (clusteros.installer does the work).
 
-The payload (the raw disk's data extents, gzipped, and their map) is made once
+The payload (the raw disk's data extents, zstd-compressed, and their map) is made once
 for all installers. Each installer rebuilds when the payload, the kernel's root
 file system, the installer's own files or the spec's `installer` section change.
 """

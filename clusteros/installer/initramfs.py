@@ -1,5 +1,5 @@
 """The installer's kernel and initramfs: the image's own kernel, its storage and network drivers,
-static busybox, zstd and coreutils' hashers (with the C libraries they load) and /init."""
+static busybox, zstd, coreutils' sha256sum and xxhsum (with the C libraries they load) and /init."""
 
 from __future__ import annotations
 
@@ -19,9 +19,12 @@ BUSYBOX = Path("/bin/busybox")      # busybox-static: one static binary, runs in
 # The image's data is zstd (clusteros.installer.payload): inflated in 0.6 s of CPU on one core here,
 # against 1.8 for pigz and 5.0 for busybox's gunzip with gzip's; minutes of installs under emulation.
 INFLATER = "zstd"
-# coreutils' hashers, not busybox's applets: under emulation busybox's sha256sum takes 3.6 s on
-# 200 MB against 2.8, and its md5sum, reading a pipe, four times as long as coreutils'.
-HASHERS = ("sha256sum", "md5sum")
+# sha256sum (the image's data, before anything is written) is coreutils', not busybox's applet:
+# under emulation busybox's takes 3.6 s on 200 MB against 2.8. xxhsum reads the disk back
+# (clusteros.installer.payload says why XXH64).
+HASHERS = ("sha256sum", "xxhsum")
+# The Debian package of each program the initramfs copies from this machine.
+PACKAGE_OF = {"zstd": "zstd", "sha256sum": "coreutils", "xxhsum": "xxhash"}
 
 # Drivers for the disks an installer writes to, the media it boots from, and the
 # NICs PXE uses; each module's dependencies come along from modules.dep.
@@ -116,7 +119,7 @@ def add_executable(tree: Path, name: str) -> None:
     program = shutil.which(name)
     if program is None:
         raise InstallerError(f"{name} not found: the installer's initramfs carries it",
-                             fix=f"apt-get install {name} (or run scripts/install-prereqs.sh)")
+                             fix=f"apt-get install {PACKAGE_OF.get(name, name)} (or run scripts/install-prereqs.sh)")
     # ldd fails on a static executable ("not a dynamic executable"): then there is nothing to add.
     report = subprocess.run(["ldd", program], capture_output=True, text=True).stdout
     (tree / "bin").mkdir(parents=True, exist_ok=True)

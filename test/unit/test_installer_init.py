@@ -273,9 +273,9 @@ def test_a_measure_with_nothing_to_count_says_nothing(machine):
     assert said and set(said) == {"clusteros-installer: loading 2 of 4 MiB"}, said
 
 
-@pytest.mark.needs("zstd")
+@pytest.mark.needs("zstd", "xxhsum")
 def test_the_image_lands_at_its_extents_with_zeros_between_and_a_changed_byte_fails_the_read_back(machine):
-    """write_image and verify_image on a disk that is a file: the real zstd, dd (O_DIRECT) and md5sum."""
+    """write_image and verify_image on a disk that is a file: the real zstd, dd (O_DIRECT) and xxhsum."""
     from clusteros.installer import payload
     raw = machine.root / "image.raw"
     with open(raw, "wb") as f:   # two extents far enough apart to stay two, the second ending the disk
