@@ -130,6 +130,37 @@ def test_a_fetch_that_fails_is_retried_then_ends_in_a_message(machine):
     assert "could not fetch http://127.0.0.1:9/image.data.zst in 2 tries" in out.stdout and "FETCHED" not in out.stdout
 
 
+def image_on_the_medium(machine: Machine, data: bytes, built_with: bytes) -> str:
+    """Shell settings for an image file holding `data`, in an installer built for `built_with`."""
+    import hashlib
+    (machine.root / "image.data.zst").write_bytes(data)
+    return f"IMAGE_FILE={machine.root}/image.data.zst DATA_SHA256={hashlib.sha256(built_with).hexdigest()}"
+
+
+def test_a_damaged_image_is_found_after_the_disk_is_chosen_and_before_it_is_written(machine):
+    machine.disk("vda", 8, data_at=(0,))     # the installed system, say: not a candidate
+    machine.disk("vdb", 8)
+    settings = image_on_the_medium(machine, b"flipped bit", built_with=b"the image")
+    # install_to_disk stands for the writing: reaching it would be the failure
+    out = machine.run(f"{settings}; install_to_disk() {{ echo WRITING; }}; choose_and_install")
+    assert out.stdout.index("target auto: /dev/vdb, the only empty disk") < out.stdout.index("checking the image before")
+    assert "the image on the installer is damaged (sha256 mismatch)" in out.stdout
+    assert "WRITING" not in out.stdout and "FINISH poweroff" in out.stdout
+    fetched = machine.run(f"{settings} IMAGE_URL=http://10.0.0.1/image.data.zst; check_image; echo PASSED")
+    assert "the image fetched from http://10.0.0.1/image.data.zst is not the one this installer was built with" \
+        in fetched.stdout and "PASSED" not in fetched.stdout
+
+
+def test_a_refusal_comes_before_the_image_is_hashed_and_a_sound_image_passes(machine):
+    machine.disk("vda", 8)
+    machine.disk("vdb", 8)
+    settings = image_on_the_medium(machine, b"the image", built_with=b"the image")
+    refused = machine.run(f"{settings}; choose_and_install")
+    assert "more than one empty disk ( vda vdb )" in refused.stdout
+    assert "checking the image" not in refused.stdout
+    assert "PASSED" in machine.run(f"{settings}; check_image && echo PASSED").stdout
+
+
 def test_asking_takes_a_listed_disk_after_yes(machine):
     machine.disk("vda", 8, model="Samsung SSD")
     out = machine.run("INSTALL=ask; choose_target_asking; echo TARGET=$TARGET_DISK", answers="vda\nyes\n")
