@@ -113,10 +113,12 @@ def _needs_restart(before: str, after: str) -> bool:
 class Slurm:
     """Keeps the node's SLURM daemons matching its role; acts only on change."""
 
-    def __init__(self):
+    def __init__(self, pushed_file: Path | None = None):
         self.role: str | None = None
         self.controller_ip: str | None = None
-        self.pushed: str | None = None     # the slurm.conf every slurmd was last told to take
+        # The slurm.conf every slurmd was last told to take, kept across the controller's reboots.
+        self.pushed_file = pushed_file
+        self.pushed: str | None = (system.read_text(pushed_file) or None) if pushed_file is not None else None
 
     def as_controller(self, conf: str) -> None:
         if self.role != "controller":
@@ -138,6 +140,11 @@ class Slurm:
         reconfigure that adds nodes). A restart tells no slurmd, and a worker's slurmd
         keeps the slurm.conf it fetched, so srun there would not know the new node: the
         reconfigure that follows sends the new files to every slurmd (configless).
+
+        What was pushed is kept on disk: a controller back from a reboot with the same
+        slurm.conf has nothing to tell the slurmds. A needless reconfigure seconds after
+        slurmctld's start lost a batch job it was launching then (never sent to its node,
+        requeued as NODE_FAIL minutes later: seen in a clean-clone run with 22.05.8).
         """
         if system.unit_state("slurmctld.service") != "active":
             system.run("systemctl", "start", "slurmctld.service")
@@ -146,6 +153,8 @@ class Slurm:
         elif self.pushed != conf:
             system.run("scontrol", "reconfigure")   # fails while slurmctld is starting: retried next tick
             self.pushed = conf
+            if self.pushed_file is not None:
+                system.write_if_changed(self.pushed_file, conf.encode())
 
     def as_worker(self, controller_ip: str, registered: bool) -> None:
         """Run slurmd against the controller once the controller lists this node."""

@@ -583,6 +583,36 @@ def test_new_nodes_restart_slurmctld_and_then_every_slurmd_is_told(monkeypatch, 
     assert calls == [("scontrol", "reconfigure")], "a new partition needs no restart"
 
 
+def test_a_controller_back_from_a_reboot_tells_the_slurmds_nothing_they_already_have(monkeypatch, tmp_path):
+    calls, states = [], {"slurmctld.service": "active", "slurmd.service": "active"}
+    monkeypatch.setattr(slurm, "SLURM_CONF", tmp_path / "slurm.conf")
+    monkeypatch.setattr(slurm, "CGROUP_CONF", tmp_path / "cgroup.conf")
+    monkeypatch.setattr(slurm, "SLURMD_DEFAULTS", tmp_path / "slurmd")
+    monkeypatch.setattr(slurm.system, "run", lambda *argv, **kw: calls.append(argv) or "")
+    monkeypatch.setattr(slurm.system, "unit_state", lambda unit: states[unit])
+    pushed = tmp_path / "slurm-pushed.conf"
+    nodes = {"node1": {"wg_ip": "10.99.0.1", "cpus": 1, "memory_mb": 900}}
+    conf = slurm.render_conf("lab", "node1", "10.99.0.1", nodes, [{"name": "main"}])
+    before = slurm.Slurm(pushed_file=pushed)
+    before.role = "controller"
+    before.as_controller(conf)
+    before.as_controller(conf)
+    assert calls[-1] == ("scontrol", "reconfigure") and pushed.read_text() == conf
+    calls.clear()
+    states["slurmctld.service"] = "inactive"          # the reboot: slurm.conf stays on disk
+    after = slurm.Slurm(pushed_file=pushed)
+    after.as_controller(conf)
+    assert calls == [("systemctl", "start", "slurmctld.service"), ("systemctl", "restart", "slurmd.service")]
+    calls.clear()
+    states["slurmctld.service"] = "active"
+    after.as_controller(conf)
+    assert calls == [], "the slurmds have this slurm.conf: no reconfigure while slurmctld starts launching jobs"
+    two_partitions = slurm.render_conf("lab", "node1", "10.99.0.1", nodes, [{"name": "main"}, {"name": "b"}])
+    after.as_controller(two_partitions)
+    assert calls == [("scontrol", "reconfigure")], "a change is still pushed"
+    assert pushed.read_text() == two_partitions
+
+
 def test_slurmdbd_is_named_only_once_it_answered_and_then_for_good():
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
