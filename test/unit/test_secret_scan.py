@@ -2,6 +2,7 @@
 
 import gzip
 import subprocess
+import zlib
 
 import pytest
 
@@ -33,6 +34,24 @@ def test_a_secret_in_a_gzip_stream_is_found_and_one_file_is_decompressed_once(tm
     copy = tmp_path / "copy.gz"
     copy.write_bytes(packed.read_bytes())
     assert scan([packed, copy], NEEDLES).findings == [f"{packed} (decompressed): secret"]
+
+
+def test_a_gzip_of_many_members_is_read_whole_and_a_repeated_member_of_zeros_is_not_inflated_again(tmp_path):
+    """As clusteros.convert writes raw.gz: one member per piece of the disk, the same member for every
+    piece of holes. A needle that begins with zeros, right after such a member, is still found."""
+    zeros = gzip.compress(bytes(2 * CHUNK), mtime=0)     # members bigger than a chunk, as there
+    starts_with_zeros = Needles({"zero-led": b"\0\0\0" + SECRET})
+    packed = tmp_path / "disk.raw.gz"
+    packed.write_bytes(zeros + gzip.compress(b"a" * (CHUNK + 100) + SECRET) + zeros + zeros
+                       + gzip.compress(SECRET + b"\0" * 10) + zeros + gzip.compress(b"b" * 10))
+    found = scan([packed], NEEDLES | starts_with_zeros)
+    assert found.findings == [f"{packed} (decompressed): secret", f"{packed} (decompressed): secret",
+                              f"{packed} (decompressed): zero-led"]
+    assert found.read_bytes == 8 * CHUNK + CHUNK + 100 + 2 * len(SECRET) + 10 + 10, "every byte, counted"
+
+    packed.write_bytes(zeros + gzip.compress(b"x" * 1000)[:-12])   # cut short inside its last member
+    with pytest.raises((ValueError, zlib.error)):
+        scan([packed], NEEDLES)
 
 
 @pytest.mark.needs("zstd")
