@@ -2,7 +2,9 @@
 
 The HCL is generated from the spec, never written by hand. Two bases:
 - native (default, works offline): the disk the native builder made, booted with
-  disk_image = true; provisioning runs over SSH with the generated test key.
+  disk_image = true (with vm.boot: direct, by its own kernel and the test VMs' small
+  initramfs, as a test VM boots: no firmware, GRUB or full initrd to wait for);
+  provisioning runs over SSH with the generated test key.
 - iso: Ubuntu's live-server ISO (the original ClusterOS's 24.04 path), fetched
   and checked like every download, installed unattended by an autoinstall
   user-data served from Packer's http directory (it installs the package list);
@@ -31,6 +33,7 @@ from clusteros.hashing import sha256_file
 from clusteros.image import ImageInputs
 from clusteros.manifest import image_manifest
 from clusteros.spec import rootfs_view
+from clusteros.vm import qemu
 
 PLUGIN_VERSION = ">= 1.1.0"
 NODE_FILES_ON_TARGET = "/tmp/clusteros-node-files.tar"
@@ -81,6 +84,7 @@ class PackerJob:
     ssh_key: Path
     accel: str
     version: tuple[int, int, int]
+    boot: qemu.Boot | None = None     # the native base's kernel, when it is booted directly
 
     @property
     def kind(self) -> str:
@@ -173,6 +177,8 @@ def render(spec: dict, job: PackerJob) -> str:
     qemuargs = [["-serial", "file:" + str(job.serial_log)], ["-netdev", forward], ["-device", "virtio-net,netdev=user.0"]]
     if job.kind == "native":
         qemuargs.append(["-fw_cfg", f"name=opt/io.systemd.credentials/clusteros-ssh-keys,file={job.ssh_keys.resolve()}"])
+    if job.boot is not None and job.boot.direct:
+        qemuargs += [["-kernel", str(job.boot.kernel)], ["-initrd", str(job.boot.initrd)], ["-append", job.boot.cmdline]]
     lines.append("  qemuargs = [" + ", ".join("[" + ", ".join(hcl_string(a) for a in pair) + "]" for pair in qemuargs) + "]")
     if job.kind == "iso":
         lines += ISO_BOOT_COMMAND
@@ -216,22 +222,23 @@ def provision_script(distro: str) -> Path:
 
 
 @contextmanager
-def packer_job(base: dict, ssh_key: Path, accel: str) -> Iterator[PackerJob]:
+def packer_job(base: dict, ssh_key: Path, accel: str, boot: qemu.Boot | None = None) -> Iterator[PackerJob]:
     """A run of the installed Packer on `base`, in a work folder of its own (removed after)."""
     with work_dir("packer-") as work:
-        yield PackerJob(base, work, ssh_key, accel, installed_version())
+        yield PackerJob(base, work, ssh_key, accel, installed_version(), boot)
 
 
 def build(*, spec: dict, base_qcow2: Path, base_manifest: Path, ssh_key: Path, accel: str,
           qcow2: Path, manifest: Path) -> None:
     """Packer on the native base; the result replaces dist/<name>.qcow2 atomically."""
     native = {"kind": "native", "image": str(base_qcow2.resolve()), "sha256": sha256_file(base_qcow2)}
-    with packer_job(native, ssh_key, accel) as job:
+    record = json.loads(base_manifest.read_text())
+    boot = qemu.boot_of(spec, record, base_qcow2.parent)
+    with packer_job(native, ssh_key, accel, boot) as job:
         user, pubkey = spec["image"]["users"][0]["name"], ssh_key.with_suffix(".pub").read_text().strip()
         with atomic_path(job.ssh_keys, mode=0o600) as tmp:
             tmp.write_text(f"{user} {pubkey}\n")
-        _run(spec, job, "booting the native base")
-        record = json.loads(base_manifest.read_text())
+        _run(spec, job, f"booting the native base ({boot.describe()})")
         _publish(job.work / "output" / qcow2.name, qcow2, manifest, lambda tmp: {
             **record, "builder": {"name": "packer", "version": _dotted(job.version), "base": base_qcow2.name},
             "outputs": image_manifest_outputs(record, tmp, qcow2.name)})

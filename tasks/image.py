@@ -90,7 +90,7 @@ def _packer(s: dict) -> dict:
         inputs = _input_files(image_inputs(s, native=False)) + [packer.iso_cache_path(s),
                                                                 rootfs.package_list_file(s["image"]["distro"])]
     else:
-        inputs = [dist("-base.qcow2"), dist("-base.manifest.json")]
+        inputs = [dist("-base.qcow2"), dist("-base.manifest.json"), *image.vm_boot_files(dist("-base.qcow2"))]
     return {
         "actions": [_packer_build],
         "file_dep": inputs + [packer.provision_script(s["image"]["distro"])] + list(code_deps("clusteros.packer")),

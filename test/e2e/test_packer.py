@@ -41,7 +41,7 @@ def packer_image():
 def test_packer_provisions_the_native_base(packer_image):
     work, spec, out = packer_image
     assert (work / "dist" / "democluster-base.qcow2").exists(), "the native base is built first"
-    assert "packer 1.6.6: booting the native base" in out.stderr
+    assert "packer 1.6.6: booting the native base (direct kernel boot (democluster-base.vmlinuz))" in out.stderr
     manifest = json.loads((work / "dist" / "democluster.manifest.json").read_text())
     assert manifest["builder"]["name"] == "packer" and manifest["outputs"]["qcow2"]["file"] == "democluster.qcow2"
     assert (work / "dist" / "logs" / "packer-serial.log").stat().st_size > 0, "QEMU found its relative serial log"

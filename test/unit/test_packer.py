@@ -38,6 +38,24 @@ def test_native_base_boots_the_native_disk_with_the_test_key(spec, tmp_path):
     assert "images/common/provision.sh" in hcl
 
 
+def test_a_native_base_with_vm_boot_files_is_booted_by_its_own_kernel_as_a_test_vm_is(spec, tmp_path):
+    """vm.boot: direct (the default): Packer's VM skips firmware, GRUB and the full initrd too."""
+    from clusteros.vm import qemu
+    record = {"vm_boot": {"kernel": "democluster-base.vmlinuz", "initrd": "democluster-base.vm-initrd.img",
+                          "cmdline": "root=UUID=1234 console=ttyS0"}}
+    boot = qemu.boot_of(spec, record, tmp_path)
+    job = packer.PackerJob({"kind": "native", "image": "/dist/democluster-base.qcow2", "sha256": "ab" * 32},
+                           tmp_path, tmp_path / "id_ed25519", "tcg", (1, 6, 6), boot)
+    hcl = packer.render(spec, job)
+    assert f'["-kernel", "{tmp_path / "democluster-base.vmlinuz"}"]' in hcl
+    assert f'["-initrd", "{tmp_path / "democluster-base.vm-initrd.img"}"]' in hcl
+    assert '["-append", "root=UUID=1234 console=ttyS0"]' in hcl
+    firmware = qemu.boot_of(dict(spec, vm=dict(spec["vm"], boot="firmware")), record, tmp_path)
+    job = packer.PackerJob(job.base, tmp_path, job.ssh_key, "tcg", (1, 6, 6), firmware)
+    assert '"-kernel"' not in packer.render(spec, job), "vm.boot: firmware boots it through GRUB"
+    assert '"-kernel"' not in native(spec, (1, 6, 6), tmp_path), "a base without VM boot files, too"
+
+
 def test_a_relative_state_dir_reaches_packer_as_an_absolute_key_path(spec, tmp_path, monkeypatch):
     """Packer runs in its own folder: the state dir the e2e tests (and a user) may give relatively
     must reach it resolved."""
