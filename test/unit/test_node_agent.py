@@ -554,13 +554,20 @@ def test_cgroup_conf_holds_a_step_to_its_cores_memory_and_devices():
                     "ConstrainDevices": "yes"}
 
 
-def test_new_nodes_restart_slurmctld_and_then_every_slurmd_is_told(monkeypatch, tmp_path):
+@pytest.fixture
+def slurm_host(monkeypatch, tmp_path):
+    """SLURM's files in tmp_path, and its commands recorded (calls) against unit states the test sets."""
     calls, states = [], {"slurmctld.service": "active", "slurmd.service": "active"}
     monkeypatch.setattr(slurm, "SLURM_CONF", tmp_path / "slurm.conf")
     monkeypatch.setattr(slurm, "CGROUP_CONF", tmp_path / "cgroup.conf")
     monkeypatch.setattr(slurm, "SLURMD_DEFAULTS", tmp_path / "slurmd")
     monkeypatch.setattr(slurm.system, "run", lambda *argv, **kw: calls.append(argv) or "")
     monkeypatch.setattr(slurm.system, "unit_state", lambda unit: states[unit])
+    return calls, states
+
+
+def test_new_nodes_restart_slurmctld_and_then_every_slurmd_is_told(slurm_host):
+    calls, states = slurm_host
     daemons = slurm.Slurm()
     daemons.role = "controller"
     two = {"node1": {"wg_ip": "10.99.0.1", "cpus": 1, "memory_mb": 900}}
@@ -583,13 +590,8 @@ def test_new_nodes_restart_slurmctld_and_then_every_slurmd_is_told(monkeypatch, 
     assert calls == [("scontrol", "reconfigure")], "a new partition needs no restart"
 
 
-def test_a_controller_back_from_a_reboot_tells_the_slurmds_nothing_they_already_have(monkeypatch, tmp_path):
-    calls, states = [], {"slurmctld.service": "active", "slurmd.service": "active"}
-    monkeypatch.setattr(slurm, "SLURM_CONF", tmp_path / "slurm.conf")
-    monkeypatch.setattr(slurm, "CGROUP_CONF", tmp_path / "cgroup.conf")
-    monkeypatch.setattr(slurm, "SLURMD_DEFAULTS", tmp_path / "slurmd")
-    monkeypatch.setattr(slurm.system, "run", lambda *argv, **kw: calls.append(argv) or "")
-    monkeypatch.setattr(slurm.system, "unit_state", lambda unit: states[unit])
+def test_a_controller_back_from_a_reboot_tells_the_slurmds_nothing_they_already_have(slurm_host, tmp_path):
+    calls, states = slurm_host
     pushed = tmp_path / "slurm-pushed.conf"
     nodes = {"node1": {"wg_ip": "10.99.0.1", "cpus": 1, "memory_mb": 900}}
     conf = slurm.render_conf("lab", "node1", "10.99.0.1", nodes, [{"name": "main"}])
