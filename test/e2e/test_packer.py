@@ -26,6 +26,45 @@ pytestmark = pytest.mark.e2e
 PACKER_DIST = "dist/e2e/packer"    # relative, as the default dist/ is
 
 
+# First: the module's one short test, so that the worker asks for its next unit early (test/conftest.py).
+def test_provision_turns_a_stock_system_into_a_node(image, spec, tmp_path):
+    """The iso base's provisioning, for real, on a stock tree: the native build's package set without any
+    ClusterOS file stands in for a fresh Ubuntu install (Ubuntu's ISO cannot be reached from here).
+    It needs no Packer: provision.sh runs in a chroot."""
+    from clusteros import packer, rootfs
+    from clusteros import image as image_stage
+    from clusteros.customize import AGENT_DIR
+    from clusteros.spec import rootfs_view
+    from tasks.image import image_inputs
+    tree = tmp_path / "root"
+    tree.mkdir()
+    os.chmod(tree, 0o755)
+    subprocess.run(["tar", "--extract", "--numeric-owner", "--file", rootfs.rootfs_path(rootfs_view(spec)),
+                    "--directory", tree], check=True)
+    assert not (tree / AGENT_DIR).exists(), "the stand-in must start without ClusterOS"
+    image_stage.write_node_files_tar(tree / "tmp" / "clusteros-node-files.tar", image_inputs(spec, native=False))
+    shutil.copy(packer.provision_script("debian"), tree / "tmp" / "provision.sh")
+    out = subprocess.run(["chroot", tree, "env", *packer.provision_environment(spec, "iso"), "sh", "/tmp/provision.sh"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "provision: done" in out.stdout
+    agent = tree / AGENT_DIR / "node-agent"
+    assert (agent / "__main__.py").exists() and (tree / "usr/local/bin/k3s").exists()
+    assert list((agent / "clusteros_node" / "__pycache__").glob("agent.*.pyc")), "the agent was compiled on the target"
+    assert (tree / "etc/clusteros/owner.pub").read_text().startswith("ssh-ed25519 "), "the owner's public key"
+    assert not (tree / "etc/clusteros/cluster.secret").exists(), "and no secret: nodes get the credential"
+    assert json.loads((tree / "etc/clusteros/spec.json").read_text())["cluster"]["name"] == "democluster"
+    wants = tree / "etc/systemd/system/multi-user.target.wants"
+    for unit in ("node-agent.service", "clusteros-identity.service", "ssh.service"):
+        assert (wants / unit).is_symlink(), unit
+    assert os.readlink(tree / "etc/systemd/system/apt-daily.timer") == "/dev/null"
+    assert (tree / "etc/systemd/system/node-agent.service").exists()
+    # Unpacking over / kept the system's own directories as they were.
+    assert oct(tree.stat().st_mode & 0o777) == "0o755" and oct((tree / "etc").stat().st_mode & 0o777) == "0o755"
+    assert not (tree / "tmp/clusteros-node-files.tar").exists()
+    assert (tree / "etc/machine-id").read_text() == "" and not list((tree / "etc/ssh").glob("ssh_host_*"))
+
+
 @pytest.fixture(scope="module")
 def packer_image():
     work = ROOT / PACKER_DIST
@@ -76,41 +115,3 @@ def test_packer_image_boots_and_passes_the_smoke_checks(packer_image):
             assert node.succeed("systemctl is-enabled node-agent").strip() == "enabled"
     finally:
         lan.stop()
-
-
-def test_provision_turns_a_stock_system_into_a_node(image, spec, tmp_path):
-    """The iso base's provisioning, for real, on a stock tree: the native build's package set without any
-    ClusterOS file stands in for a fresh Ubuntu install (Ubuntu's ISO cannot be reached from here).
-    It needs no Packer: provision.sh runs in a chroot."""
-    from clusteros import packer, rootfs
-    from clusteros import image as image_stage
-    from clusteros.customize import AGENT_DIR
-    from clusteros.spec import rootfs_view
-    from tasks.image import image_inputs
-    tree = tmp_path / "root"
-    tree.mkdir()
-    os.chmod(tree, 0o755)
-    subprocess.run(["tar", "--extract", "--numeric-owner", "--file", rootfs.rootfs_path(rootfs_view(spec)),
-                    "--directory", tree], check=True)
-    assert not (tree / AGENT_DIR).exists(), "the stand-in must start without ClusterOS"
-    image_stage.write_node_files_tar(tree / "tmp" / "clusteros-node-files.tar", image_inputs(spec, native=False))
-    shutil.copy(packer.provision_script("debian"), tree / "tmp" / "provision.sh")
-    out = subprocess.run(["chroot", tree, "env", *packer.provision_environment(spec, "iso"), "sh", "/tmp/provision.sh"],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "provision: done" in out.stdout
-    agent = tree / AGENT_DIR / "node-agent"
-    assert (agent / "__main__.py").exists() and (tree / "usr/local/bin/k3s").exists()
-    assert list((agent / "clusteros_node" / "__pycache__").glob("agent.*.pyc")), "the agent was compiled on the target"
-    assert (tree / "etc/clusteros/owner.pub").read_text().startswith("ssh-ed25519 "), "the owner's public key"
-    assert not (tree / "etc/clusteros/cluster.secret").exists(), "and no secret: nodes get the credential"
-    assert json.loads((tree / "etc/clusteros/spec.json").read_text())["cluster"]["name"] == "democluster"
-    wants = tree / "etc/systemd/system/multi-user.target.wants"
-    for unit in ("node-agent.service", "clusteros-identity.service", "ssh.service"):
-        assert (wants / unit).is_symlink(), unit
-    assert os.readlink(tree / "etc/systemd/system/apt-daily.timer") == "/dev/null"
-    assert (tree / "etc/systemd/system/node-agent.service").exists()
-    # Unpacking over / kept the system's own directories as they were.
-    assert oct(tree.stat().st_mode & 0o777) == "0o755" and oct((tree / "etc").stat().st_mode & 0o777) == "0o755"
-    assert not (tree / "tmp/clusteros-node-files.tar").exists()
-    assert (tree / "etc/machine-id").read_text() == "" and not list((tree / "etc/ssh").glob("ssh_host_*"))

@@ -40,5 +40,5 @@ def test_the_long_units_go_first_and_the_unit_tests_last():
                     "test/e2e/test_rack.py::test_r", "test/e2e/test_installers.py::test_i",
                     "test/e2e/test_cluster_trust.py::test_t", "test/e2e/test_serve_pxe_lan.py::test_s"], key=unit_order)
     assert [o.split("::")[0].rsplit("/", 1)[1] for o in order] == [
-        "test_cluster_trust.py", "test_installers.py", "test_packer.py", "test_rack.py", "test_serve_pxe_lan.py",
+        "test_cluster_trust.py", "test_installers.py", "test_packer.py", "test_serve_pxe_lan.py", "test_rack.py",
         "test_disk.py"]
