@@ -54,12 +54,14 @@ def work_unit(nodeid: str) -> str:
 # the next unit when its own has two tests left). The two long ones first, one to each worker;
 # then, on the installers' worker, Packer's two VMs, the longest chain of what is left (build, then
 # boot), beside the cluster's last modules; then serve-pxe's LAN (half a minute) and the rack's
-# agents (a minute); the unit tests last. Packer's module runs its short test first, so its worker
-# asks again a minute or two before the cluster's modules end: it takes serve-pxe's LAN, and the
-# cluster's worker the rack. Measured on clean clones: with the rack and serve-pxe's LAN before
-# Packer, the installers' worker ran Packer last, alone, while the other had only the unit tests
-# left (726 and 764 s, 2026-11-28 evening); with the rack before serve-pxe's LAN, Packer's worker
-# asked first and took the rack, and ended a minute after the other (785 s, 22:45).
+# agents (a minute), each to whichever worker asks first; the unit tests last. Packer's module runs
+# its short test first, so that when the installers end before the cluster's modules its worker
+# asks early and takes the shorter of the two, leaving the rack to the cluster's worker. Measured
+# on clean clones: with the rack and serve-pxe's LAN before Packer, the installers' worker ran
+# Packer last, alone, while the other had only the unit tests left (726 and 764 s, 2026-11-28
+# evening); with the rack before serve-pxe's LAN, Packer's worker asked first, took the rack and
+# ended a minute after the other (785 s, 22:45); in this order, at 23:08, the installers ended last
+# and the cluster's worker took both, the two ending 31 s apart.
 ORDER = (CLUSTER_UNIT, "test/e2e/test_installers.py", "test/e2e/test_packer.py", "test/e2e/test_serve_pxe_lan.py",
          "test/e2e/test_rack.py")
 

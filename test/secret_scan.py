@@ -100,11 +100,14 @@ class Scan:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
             at = 0
             while at < len(data):
+                if data[at] == 0 and not data[at:].strip(b"\0"):
+                    break       # zeros after the last member: padding, which gzip and Python's gzip allow
                 same = next((m for m in zero_members if data[at:at + len(m)] == m), None)
                 if same is not None:
                     at += len(same)
                     self.read_bytes += zero_members[same]
-                    tail = bytes(min(zero_members[same], self.needles.longest - 1))
+                    keep = self.needles.longest - 1     # what a needle across this member could need
+                    tail = (tail + bytes(min(zero_members[same], keep)))[-keep:]
                     continue
                 end, inflated, tail = self._gzip_member(data, at, tail, where)
                 if inflated is not None and end - at <= 2**20:

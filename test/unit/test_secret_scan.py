@@ -6,7 +6,7 @@ import zlib
 
 import pytest
 
-from ..secret_scan import CHUNK, Needles, scan
+from ..secret_scan import CHUNK, Needles, Scan, scan
 
 SECRET = b"0123456789abcdef" * 4
 NEEDLES = Needles.for_secret("secret", SECRET)
@@ -36,20 +36,38 @@ def test_a_secret_in_a_gzip_stream_is_found_and_one_file_is_decompressed_once(tm
     assert scan([packed, copy], NEEDLES).findings == [f"{packed} (decompressed): secret"]
 
 
-def test_a_gzip_of_many_members_is_read_whole_and_a_repeated_member_of_zeros_is_not_inflated_again(tmp_path):
+def test_a_gzip_of_many_members_is_read_whole_and_a_repeated_member_of_zeros_is_not_inflated_again(
+        tmp_path, monkeypatch):
     """As clusteros.convert writes raw.gz: one member per piece of the disk, the same member for every
     piece of holes. A needle that begins with zeros, right after such a member, is still found."""
+    inflated = []
+    inflate = Scan._gzip_member
+    monkeypatch.setattr(Scan, "_gzip_member", lambda self, data, at, *rest: inflated.append(at)
+                        or inflate(self, data, at, *rest))
     zeros = gzip.compress(bytes(2 * CHUNK), mtime=0)     # members bigger than a chunk, as there
     starts_with_zeros = Needles({"zero-led": b"\0\0\0" + SECRET})
     packed = tmp_path / "disk.raw.gz"
-    packed.write_bytes(zeros + gzip.compress(b"a" * (CHUNK + 100) + SECRET) + zeros + zeros
-                       + gzip.compress(SECRET + b"\0" * 10) + zeros + gzip.compress(b"b" * 10))
+    members = [zeros, gzip.compress(b"a" * (CHUNK + 100) + SECRET), zeros, zeros,
+               gzip.compress(SECRET + b"\0" * 10), zeros, gzip.compress(b"b" * 10)]
+    packed.write_bytes(b"".join(members) + bytes(512))     # and zero padding after the last member
     found = scan([packed], NEEDLES | starts_with_zeros)
-    assert found.findings == [f"{packed} (decompressed): secret", f"{packed} (decompressed): secret",
-                              f"{packed} (decompressed): zero-led"]
+    assert set(found.findings) == {f"{packed} (decompressed): secret", f"{packed} (decompressed): zero-led"}
     assert found.read_bytes == 8 * CHUNK + CHUNK + 100 + 2 * len(SECRET) + 10 + 10, "every byte, counted"
+    assert len(inflated) == 4, "the member of zeros inflated once, then recognised three times"
 
-    packed.write_bytes(zeros + gzip.compress(b"x" * 1000)[:-12])   # cut short inside its last member
+
+def test_a_secret_across_a_repeated_member_too_short_to_hold_it_is_found(tmp_path):
+    empty = gzip.compress(b"", mtime=0)
+    half = len(SECRET) // 2
+    packed = tmp_path / "split.gz"
+    packed.write_bytes(empty + gzip.compress(b"x" + SECRET[:half]) + empty + gzip.compress(SECRET[half:] + b"y"))
+    assert scan([packed], NEEDLES).findings == [f"{packed} (decompressed): secret"]
+
+    packed.write_bytes(packed.read_bytes() + b"garbage")    # not a member, not padding
+    with pytest.raises(zlib.error):
+        scan([packed], NEEDLES)
+
+    packed.write_bytes(empty + gzip.compress(b"x" * 1000)[:-12])   # cut short inside its last member
     with pytest.raises((ValueError, zlib.error)):
         scan([packed], NEEDLES)
 
