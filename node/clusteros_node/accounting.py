@@ -105,8 +105,7 @@ class Accounting:
         self.granted = False
         self.units: dict[str, str] = {}
         self.probe = probe or ConnectProbe(DBD_PORT)
-        self.reached_file = reached_file
-        self.reached = system.read_text(reached_file).strip() if reached_file is not None else ""   # once, not every tick
+        self.reached = system.Kept(reached_file)    # the storage node's wg0 address, once it answered
 
     def reachable(self, host: str) -> bool:
         """Has slurmdbd on `host` ever taken a connection? Once it has, it stays so: slurmctld keeps
@@ -117,12 +116,11 @@ class Accounting:
         not up yet, as after a reboot of a controller that is also the storage node. Naming it only
         once it answered again would restart slurmctld a few seconds after its start, and a batch
         job it was launching then was lost (requeued as NODE_FAIL, seen in a clean-clone run)."""
-        if host == self.reached:
+        if host == self.reached.text.strip():
             return True
         answered = self.probe.answered_by(host)
-        if answered and self.reached_file is not None:
-            system.write_if_changed(self.reached_file, f"{host}\n".encode())
-            self.reached = host
+        if answered:
+            self.reached.set(f"{host}\n")
         return answered
 
     def ensure(self) -> None:

@@ -116,9 +116,7 @@ class Slurm:
     def __init__(self, pushed_file: Path | None = None):
         self.role: str | None = None
         self.controller_ip: str | None = None
-        # The slurm.conf every slurmd was last told to take, kept across the controller's reboots.
-        self.pushed_file = pushed_file
-        self.pushed: str | None = (system.read_text(pushed_file) or None) if pushed_file is not None else None
+        self.pushed = system.Kept(pushed_file)   # the slurm.conf every slurmd was last told to take
 
     def as_controller(self, conf: str) -> None:
         if self.role != "controller":
@@ -150,11 +148,9 @@ class Slurm:
             system.run("systemctl", "start", "slurmctld.service")
         elif _needs_restart(before, conf):
             system.run("systemctl", "restart", "slurmctld.service")
-        elif self.pushed != conf:
+        elif self.pushed.text != conf:
             system.run("scontrol", "reconfigure")   # fails while slurmctld is starting: retried next tick
-            self.pushed = conf
-            if self.pushed_file is not None:
-                system.write_if_changed(self.pushed_file, conf.encode())
+            self.pushed.set(conf)
 
     def as_worker(self, controller_ip: str, registered: bool) -> None:
         """Run slurmd against the controller once the controller lists this node."""

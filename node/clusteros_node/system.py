@@ -54,6 +54,20 @@ def write_if_changed(path: Path, data: bytes, mode: int = 0o644, owner: tuple[in
     return True
 
 
+class Kept:
+    """A small text the agent keeps across its restarts and the node's reboots: read once, when
+    the agent starts (not every tick), written when it changes. Without a path, in memory only."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.text = read_text(path) if path is not None else ""
+
+    def set(self, text: str) -> None:
+        if self.path is not None:
+            write_if_changed(self.path, text.encode())
+        self.text = text
+
+
 # Unit states. Every `systemctl` costs a process (and systemd an answer), and under emulation
 # that costs: asked unit by unit, the agent's checks took ~40% of an idle node's CPU; once a
 # tick, ~8%. One `systemctl is-active` asks for every unit the agent has ever asked about, and
