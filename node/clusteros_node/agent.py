@@ -96,8 +96,8 @@ class Agent:
         self.k3s = k3s_mod.K3s(spec["services"]["k3s"]["enabled"])
         self.home = home_mod.Home()
         self.accounting = accounting_mod.Accounting(reached_file=places.lib / "slurmdbd-reached")
-        self.started = time.monotonic()
-        self.host_memory = hostmemory.HostMemory(self.started)
+        self.host_memory = hostmemory.HostMemory(time.monotonic())
+        self.listening_since = time.monotonic()   # run() sets it again once the socket is open
         self.boot_id = _read(Path("/proc/sys/kernel/random/boot_id")) or "00000000-0000-0000-0000-000000000000"
         self.controller: str | None = None
         self.errors: dict[str, str] = {}
@@ -225,16 +225,28 @@ class Agent:
     def reconcile(self) -> None:
         with self.lock:
             self._record_self()
-            if self.wg_ip is None and time.monotonic() - self.started >= SETTLE:
+            if self.wg_ip is None and self._settled():
                 self._claim_wg_address(self.registry.taken_wg_ips())
             self._step("wireguard", self._mesh)
             self._housekeeping()
             self._step("hand-on", self._hand_on_behind)
-            if time.monotonic() - self.started < SETTLE or self.wg_ip is None:
+            if not self._settled() or self.wg_ip is None:
                 return
             self._elect()
             self._roles()
             self._offer_approvals()
+
+    def _settled(self) -> bool:
+        return time.monotonic() - self.listening_since >= SETTLE
+
+    def listen(self, interface: str | None) -> socket.socket:
+        """The socket the agent hears its peers on. Settling and forming count from here, not from
+        the agent's start: under emulation a start takes seconds (12 s, seen on a rebooted node), and a
+        node that used them up chose a controller before it heard anyone: itself, beside the
+        controller the others had taken meanwhile, two slurmctlds for 40 s."""
+        sock = open_socket(interface)
+        self.listening_since = time.monotonic()
+        return sock
 
     def _record_self(self) -> None:
         if self.wg_ip is None or not self.lan_ip:
@@ -248,7 +260,7 @@ class Agent:
             live=frozenset(m.name for m in live), follows={m.name: m.last.controller for m in live},
             current=self.controller, silent_for=self.registry.silent_for(),
             marked=tuple(n["name"] for n in self.spec["nodes"] if n["role"] == "controller"),
-            listed=tuple(n["name"] for n in self.spec["nodes"]), up_for=time.monotonic() - self.started)
+            listed=tuple(n["name"] for n in self.spec["nodes"]), up_for=time.monotonic() - self.listening_since)
         chosen = election.choose(view, grace=float(self.spec["cluster"]["controller_grace"]))
         if chosen != self.controller:
             log(f"controller: {chosen}")
@@ -548,7 +560,7 @@ class Agent:
         self._step("wireguard", self._wg_interface)
         if self.apply_system:
             self._step("firewall", lambda: firewall.apply(self.me.interface, PORT))
-        sock = open_socket(self.me.interface)
+        sock = self.listen(self.me.interface)
         if self.wg_ip and self.apply_system:
             self._step("credential service", lambda: setattr(self, "server", transfer.Server(
                 self.wg_ip, enroll.CREDENTIAL_PORT, self.credential_for, self.pushed, log)))

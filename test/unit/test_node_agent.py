@@ -200,7 +200,8 @@ def test_a_new_node_waits_a_while_for_the_preferred_controller_then_leads_withou
 
 def test_a_node_that_followed_a_controller_does_not_wait_when_it_goes():
     follows = {"node2": "node1", "node3": "node1"}
-    late = view(["node2", "node3"], follows, "node1", {"node1": 90.0}, listed=("node1", "node2", "node3"), up_for=5.0)
+    late = view(["node2", "node3"], follows, "node1", {"node1": election.GRACE}, listed=("node1", "node2", "node3"),
+                up_for=5.0)
     assert election.choose(late) == "node2"
 
 
@@ -383,6 +384,23 @@ def test_thousands_of_malformed_signed_messages_change_nothing(agent, spec):
 def agent_conf(agent) -> str:
     nodes = {n: {"wg_ip": b.wg_ip, "cpus": b.cpus, "memory_mb": b.memory_mb} for n, b in agent.registry.bindings.items()}
     return slurm.render_conf("democluster", "node1", "10.99.0.1", nodes, [{"name": "main", "default": True}])
+
+
+def test_a_node_back_from_a_slow_start_hears_its_peers_before_it_chooses_a_controller(agent, monkeypatch):
+    """node1, the controller before its reboot, comes back after the others moved on to node2. Its
+    start took longer than the settling time: it must still listen that long before choosing, and
+    then follow node2, never lead beside it."""
+    from clusteros_node import agent as agent_mod
+    monkeypatch.setattr(agent_mod, "SETTLE", 0.3)
+    time.sleep(0.4)   # the agent's slow start: imports, keys, the interface, the firewall
+    agent.listen(None).close()
+    agent.reconcile()
+    assert agent.controller is None, "chose before it heard anyone"
+    for name, index in (("node2", 2), ("node3", 3)):
+        agent.receive(signed(payload(name, index, controller="node2")), f"10.42.0.{10 + index}")
+    time.sleep(0.35)
+    agent.reconcile()
+    assert agent.controller == "node2"
 
 
 def test_a_flood_from_one_sender_is_cut_and_others_still_get_through(agent):
