@@ -100,7 +100,7 @@ def _plumb(spec: dict, number: int) -> None:
        "dev", inside)
 
 
-def start(size: int, work: Path, controller_grace: int = 90) -> Rack:
+def start(size: int, work: Path, controller_grace: int = 300) -> Rack:
     stop(size)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

@@ -26,8 +26,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-GRACE = 90.0   # seconds a silent controller keeps its role, counted from when it was last heard (the spec's
-               # cluster.controller_grace; this is its default): a reboot fits
+GRACE = 300.0   # seconds a silent controller keeps its role, counted from when it was last heard (the spec's
+                # cluster.controller_grace; this is its default): a server's reboot, firmware included, fits
 FORMING = 30.0   # seconds a new node waits for the spec's preferred controller to be heard
 
 

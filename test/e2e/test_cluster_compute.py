@@ -130,6 +130,10 @@ def test_the_storage_node_reboots_under_jobs_and_the_queue_and_the_home_come_bac
     node2.wait_until_succeeds(f"squeue -h -j {long} -o %T | grep -qx RUNNING", timeout=60)
     node1.reboot(timeout=240)
     running.retry(lambda: _storage_serving(node1), timeout=120)
+    # Within the spec's controller_grace the role stays; had the reboot outlasted it, node2 would lead
+    # with an empty queue, and the waits below would time out on jobs nobody has.
+    assert agent_status(node2)["controller"] == "node1", \
+        f"the controller moved during node1's reboot (its grace: {running.spec['cluster']['controller_grace']} s)"
     assert _wait_done(node2, long, timeout=400) == "COMPLETED", "the running job ran on"
     assert _wait_done(node2, queued, timeout=120) == "COMPLETED", "the queued job ran after it"
     node2.wait_until_succeeds("srun -w node2 sh -c 'echo back > ~/after-reboot.txt'", timeout=180)

@@ -38,7 +38,7 @@ def test_when_the_controller_goes_the_rest_agree_on_another_and_do_not_flap(rack
     racked.processes[0].kill()                           # node1's agent, gone without a word
     killed = time.monotonic()
     deadline = killed + GRACE + 30   # its grace from when it was last heard, then a few ticks (the default
-                                     # grace, 90 s, would miss it: the spec's value is what counts)
+                                     # grace, 300 s, would miss it: the spec's value is what counts)
     while True:
         statuses = [racked.status(n) for n in range(2, SIZE + 1)]
         if {s["controller"] for s in statuses} == {"node2"}:
