@@ -44,6 +44,7 @@ def lan_address(subnet: str, index: int) -> str:
     return str(_host(subnet, LAN_HOST_OFFSET + index))
 
 
+@lru_cache(maxsize=256)
 def wg_address(subnet: str, index: int) -> str:
     """Node `index`'s wg0 address: 10.99.0.0/24, 1 -> 10.99.0.1."""
     return str(_host(subnet, index))

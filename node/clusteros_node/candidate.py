@@ -98,7 +98,7 @@ class Candidate:
         status = {"mode": "candidate", "name": self.me.name, "lan_address": self.me.address, "wg_address": None,
                   "role": "candidate", "controller": None, "fingerprint": self.fingerprint, "why": self.why,
                   "last_error": self.last_error or None, "updated": time.time()}
-        system.write_if_changed(self.places.run / "status.json", (json.dumps(status, indent=2) + "\n").encode())
+        system.write_if_changed(self.places.run / "status.json", (json.dumps(status) + "\n").encode())
 
     def run(self) -> int:
         if not self.me.address:

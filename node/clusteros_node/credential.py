@@ -23,6 +23,7 @@ import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from clusteros_node import messages
@@ -47,8 +48,9 @@ class Credential:
     raw: bytes                       # the signed bundle, as received: what a member hands on
     wifi: dict | None = None         # network.wifi's ssid, country and derived 256-bit key (psk, hex)
 
-    @property
+    @cached_property
     def announce_key(self) -> bytes:
+        """Derived once: every packet the agent hears is checked with it."""
         return messages.announce_key(self.secret)
 
     @property

@@ -27,18 +27,48 @@ def run(*argv: str, check: bool = True, timeout: float = 60, stdin: str | None =
     return out.stdout
 
 
-def read_text(path: Path) -> str:
+def read_text(path: Path | str) -> str:
     """A file's text, or "" when it is not there (yet)."""
     try:
-        return path.read_text()
+        return read_bytes(path).decode()
     except OSError:
         return ""
 
 
+def read_bytes(path: Path | str) -> bytes:
+    """A small file's bytes, by plain system calls: the agent reads a dozen files a tick, and under
+    emulation Python's file objects cost twice the calls themselves (0.39 ms against 0.16 a read)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+# What write_if_changed last found or left at each path, with the file's identity then: a file nobody
+# has touched since (same inode, size and change time) is not read again. A stat is a third of a read.
+_on_disk: dict[Path, tuple[tuple[int, int, int], bytes]] = {}
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_ctime_ns
+
+
 def write_if_changed(path: Path, data: bytes, mode: int = 0o644, owner: tuple[int, int] | None = None) -> bool:
     """Atomically replace `path` with `data` if it differs. True if it changed."""
+    found = _identity(path)
+    if found is not None and _on_disk.get(path) == (found, data):
+        return False
     try:
-        if path.read_bytes() == data:
+        if found is not None and found[1] == len(data) and read_bytes(path) == data:
+            _on_disk[path] = (found, data)
             return False
     except OSError:
         pass
@@ -51,6 +81,7 @@ def write_if_changed(path: Path, data: bytes, mode: int = 0o644, owner: tuple[in
     if owner:
         os.chown(tmp, *owner)
     os.replace(tmp, path)
+    _on_disk[path] = (_identity(path), data)
     return True
 
 
@@ -109,7 +140,8 @@ def _units_steady() -> bool:
 
 def _cgroups(units) -> dict[str, str]:
     """Each unit's cgroup events ("populated 1", ...); "" for a unit without a cgroup of its own."""
-    return {unit: read_text(SERVICES_CGROUP / unit / "cgroup.events") for unit in units}
+    base = os.fspath(SERVICES_CGROUP)   # joined as text: pathlib's joins were half this every-tick read's cost
+    return {unit: read_text(f"{base}/{unit}/cgroup.events") for unit in units}
 
 
 def read_every(what: str, read: Callable[[], T], ticks: int = 1) -> T:

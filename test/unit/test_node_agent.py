@@ -322,6 +322,9 @@ def agent(spec, owner, tmp_path):
 
 
 def test_the_agent_admits_a_member_and_refuses_one_claiming_its_name(agent, spec):
+    agent.receive(agent.announcement(), "10.42.0.11")   # its own, looped back: not even opened
+    agent.receive(b"garbage", "10.42.0.11")
+    assert agent.counts == {"dropped": 0, "rate_limited": 0, "refused": 0} and agent.registry.members == {}
     agent.receive(signed(payload()), "10.42.0.12")
     assert "node2" in agent.registry.members
     agent.receive(signed(payload("node1", 1, wg_pubkey=wg_key(9), lan_ip="10.42.0.13", wg_ip="10.99.0.1")), "10.42.0.13")
@@ -884,6 +887,24 @@ def test_steady_unit_states_are_kept_until_a_cgroup_fills_or_empties_or_for_a_fe
         system.new_tick()
         assert system.unit_state("slurmd.service") == "activating"
     assert len(fake_systemd.asked()) == 6, "a unit on its way is asked about every tick"
+
+
+def test_a_file_written_if_changed_is_not_read_again_until_someone_else_changes_it(tmp_path, monkeypatch):
+    path, reads = tmp_path / "slurm.conf", []
+    real_read = system.read_bytes
+    monkeypatch.setattr(system, "read_bytes", lambda p: reads.append(p) or real_read(p))
+    assert system.write_if_changed(path, b"one\n") is True
+    assert system.write_if_changed(path, b"one\n") is False and reads == [], "what it left there, unread"
+    path.write_bytes(b"changed by hand\n")   # in place: same inode, another size
+    assert system.write_if_changed(path, b"one\n") is True and path.read_bytes() == b"one\n"
+    replaced = tmp_path / "other"
+    replaced.write_bytes(b"two\n")
+    os.replace(replaced, path)   # an editor's save: another inode, the same size
+    assert system.write_if_changed(path, b"one\n") is True and path.read_bytes() == b"one\n"
+    fresh, reads[:] = tmp_path / "fresh", []
+    fresh.write_bytes(b"same\n")   # there before the agent: read once, then known
+    assert system.write_if_changed(fresh, b"same\n") is False and reads == [fresh]
+    assert system.write_if_changed(fresh, b"same\n") is False and reads == [fresh]
 
 
 def test_wg_peers_are_read_every_few_ticks_and_afresh_after_a_change(tmp_path, monkeypatch):
