@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 import select
 import socket
 import threading
@@ -106,6 +107,7 @@ class Agent:
         self.last_accepted = time.monotonic()
         self.last_saved = self.last_pruned = 0.0
         self.outbox: list[bytes] = []        # unsigned messages (offers) for the announce thread to send
+        self.sent: deque[bytes] = deque(maxlen=8)   # what it sent last: looped back to it, dropped unopened
         # Members this node was to hand its newer generation to and has not reached yet (name -> the
         # WireGuard key it was bound to then), and whether a round of handing on is under way.
         self.behind: dict[str, str] = {}
@@ -162,8 +164,8 @@ class Agent:
 
     def receive(self, packet: bytes, sender: str) -> None:
         """Handle one packet. Nothing it holds can raise past here."""
-        if sender == self.lan_ip:
-            return   # its own broadcast, looped back (or a forgery of it: nothing to learn from either)
+        if sender == self.lan_ip and packet in self.sent:
+            return   # its own broadcast, looped back: not worth a MAC check (another machine on its address is)
         if not self.limiter.allow(sender):
             self.counts["rate_limited"] += 1
             return
@@ -185,7 +187,7 @@ class Agent:
             self.newer_generation = max(self.newer_generation, generation)
         a = validate.announcement(messages.open_announcement(packet, self.keys()), self.spec)
         if a.name == self.me.name:   # (its own broadcast never gets here: receive() drops it first)
-            raise Refused(f"{sender} claims this node's name")
+            raise Refused(f"{sender} claims this node's name")   # a copy of it, or a clone on its address
         try:
             changed = self.registry.accept(a, sender)
         except AddressConflict as conflict:
@@ -577,6 +579,10 @@ class Agent:
         self.reconcile()
         self.write_status()
 
+    def _send(self, sock: socket.socket, packet: bytes) -> None:
+        self.sent.append(packet)
+        sock.sendto(packet, (broadcast(self.me), PORT))
+
     def _excess(self) -> None:
         self.counts["rate_limited"] += 1
 
@@ -584,9 +590,9 @@ class Agent:
         while True:
             try:
                 if self.wg_ip and self.lan_ip:
-                    sock.sendto(self.announcement(), (broadcast(self.me), PORT))
+                    self._send(sock, self.announcement())
                 while self.outbox:
-                    sock.sendto(self.outbox.pop(), (broadcast(self.me), PORT))
+                    self._send(sock, self.outbox.pop())
                 self.errors.pop("announce", None)
             except OSError as exc:
                 self.errors["announce"] = str(exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -49,8 +50,11 @@ def read_bytes(path: Path | str) -> bytes:
 
 
 # What write_if_changed last found or left at each path, with the file's identity then: a file nobody
-# has touched since (same inode, size and change time) is not read again. A stat is a third of a read.
-_on_disk: dict[Path, tuple[tuple[int, int, int], bytes]] = {}
+# has touched since (same inode, size and change time) is not read again for RECHECK_AFTER seconds.
+# A stat is a third of a read. (Before Linux 6.13 a change time moves in clock ticks: a same-size
+# rewrite in place within one tick of the agent's own keeps it; the recheck bounds how long that lasts.)
+_on_disk: dict[Path, tuple[tuple[int, int, int], bytes, float]] = {}
+RECHECK_AFTER = 60.0
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
@@ -63,12 +67,13 @@ def _identity(path: Path) -> tuple[int, int, int] | None:
 
 def write_if_changed(path: Path, data: bytes, mode: int = 0o644, owner: tuple[int, int] | None = None) -> bool:
     """Atomically replace `path` with `data` if it differs. True if it changed."""
-    found = _identity(path)
-    if found is not None and _on_disk.get(path) == (found, data):
+    found, now = _identity(path), time.monotonic()
+    known = _on_disk.get(path)
+    if found is not None and known is not None and known[:2] == (found, data) and now - known[2] < RECHECK_AFTER:
         return False
     try:
         if found is not None and found[1] == len(data) and read_bytes(path) == data:
-            _on_disk[path] = (found, data)
+            _on_disk[path] = (found, data, now)
             return False
     except OSError:
         pass
@@ -81,7 +86,7 @@ def write_if_changed(path: Path, data: bytes, mode: int = 0o644, owner: tuple[in
     if owner:
         os.chown(tmp, *owner)
     os.replace(tmp, path)
-    _on_disk[path] = (_identity(path), data)
+    _on_disk[path] = (_identity(path), data, now)
     return True
 
 

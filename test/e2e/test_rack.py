@@ -10,7 +10,7 @@ from .. import rack
 pytestmark = [pytest.mark.e2e, pytest.mark.needs("ip", "ssh-keygen")]
 SIZE = 64
 # cluster.controller_grace: shorter than the default, as a user whose nodes reboot fast may set it;
-# the agents take it from the spec (the default's 90 s would be most of this module's time).
+# the agents take it from the spec (the default's 300 s would be most of this module's time).
 GRACE = 20
 
 

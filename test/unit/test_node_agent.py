@@ -322,13 +322,17 @@ def agent(spec, owner, tmp_path):
 
 
 def test_the_agent_admits_a_member_and_refuses_one_claiming_its_name(agent, spec):
-    agent.receive(agent.announcement(), "10.42.0.11")   # its own, looped back: not even opened
-    agent.receive(b"garbage", "10.42.0.11")
+    own = agent.announcement()
+    agent.sent.append(own)   # as the announce thread sends it
+    agent.receive(own, "10.42.0.11")   # looped back: not even opened
     assert agent.counts == {"dropped": 0, "rate_limited": 0, "refused": 0} and agent.registry.members == {}
+    agent.receive(b"garbage", "10.42.0.11")   # anything else from its address is another machine's
+    agent.receive(agent.announcement(), "10.42.0.11")   # a clone of it on its address, say
+    assert agent.counts["dropped"] == 1 and agent.counts["refused"] == 1
     agent.receive(signed(payload()), "10.42.0.12")
     assert "node2" in agent.registry.members
     agent.receive(signed(payload("node1", 1, wg_pubkey=wg_key(9), lan_ip="10.42.0.13", wg_ip="10.99.0.1")), "10.42.0.13")
-    assert agent.registry.bindings["node2"].wg_pubkey == wg_key(2) and agent.counts["refused"] == 1
+    assert agent.registry.bindings["node2"].wg_pubkey == wg_key(2) and agent.counts["refused"] == 2
 
 
 def test_the_agent_announces_what_it_checks(agent, spec):
@@ -396,6 +400,7 @@ def test_a_node_back_from_a_slow_start_hears_its_peers_before_it_chooses_a_contr
     from clusteros_node import agent as agent_mod
     monkeypatch.setattr(agent_mod, "SETTLE", 0.3)
     time.sleep(0.4)   # the agent's slow start: imports, keys, the interface, the firewall
+    monkeypatch.setattr(agent_mod, "open_socket", lambda interface: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     agent.listen(None).close()
     agent.reconcile()
     assert agent.controller is None, "chose before it heard anyone"
@@ -901,6 +906,12 @@ def test_a_file_written_if_changed_is_not_read_again_until_someone_else_changes_
     replaced.write_bytes(b"two\n")
     os.replace(replaced, path)   # an editor's save: another inode, the same size
     assert system.write_if_changed(path, b"one\n") is True and path.read_bytes() == b"one\n"
+    with open(path, "r+b") as f:
+        f.write(b"two\n")   # in place, the same size: on kernels before 6.13 its ctime may not move
+    monkeypatch.setattr(system, "RECHECK_AFTER", 0.0)   # ... so a kept file is read again now and then
+    assert system.write_if_changed(path, b"one\n") is True and path.read_bytes() == b"one\n"
+    monkeypatch.undo()
+    monkeypatch.setattr(system, "read_bytes", lambda p: reads.append(p) or real_read(p))
     fresh, reads[:] = tmp_path / "fresh", []
     fresh.write_bytes(b"same\n")   # there before the agent: read once, then known
     assert system.write_if_changed(fresh, b"same\n") is False and reads == [fresh]
