@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections import deque
 import select
 import socket
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -150,7 +150,8 @@ class Agent:
     def payload(self) -> dict:
         return {"cluster": self.cluster, "generation": self.credential.generation, "name": self.me.name,
                 "index": self.me.index, "lan_ip": self.lan_ip, "wg_ip": self.wg_ip, "wg_pubkey": self.wg_pubkey,
-                "wg_port": self.wg_port, "cpus": os.cpu_count() or 1, "memory_mb": system.read_every("memory", system.memory_mb, ticks=15),
+                "wg_port": self.wg_port, "cpus": os.cpu_count() or 1,
+                "memory_mb": system.read_every("memory", system.memory_mb, ticks=15),
                 "boot_id": self.boot_id, "seq": self.sequence.take(), "controller": self.controller,
                 "slurm_nodes": list(self.slurm_nodes())}
 
