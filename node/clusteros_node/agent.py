@@ -41,6 +41,10 @@ PORT = 7946
 TICK = 2.0
 SETTLE = 3 * TICK              # listen this long before choosing a controller
 MAX_PER_TICK = 512             # packets taken between two reconciliations
+# Its own packets it knows again by content, from the last this many it sent: the loop that reads
+# them can be held for tens of seconds (a role's start under emulation) while the announce thread
+# sends one every tick, and one it no longer knew would be logged as a clone of it.
+SENT_KEPT = 64
 SENDER_RATE, SENDER_BURST = 10.0, 40.0
 ROTATION_GRACE = 60.0          # the previous credential's announcements are taken this long after a rotation
 SUPERSEDED_AFTER = 60.0        # hearing only a newer generation for this long: this node's credential was replaced
@@ -107,7 +111,7 @@ class Agent:
         self.last_accepted = time.monotonic()
         self.last_saved = self.last_pruned = 0.0
         self.outbox: list[bytes] = []        # unsigned messages (offers) for the announce thread to send
-        self.sent: deque[bytes] = deque(maxlen=8)   # what it sent last: looped back to it, dropped unopened
+        self.sent: deque[bytes] = deque(maxlen=SENT_KEPT)   # looped back to it: dropped unopened
         # Members this node was to hand its newer generation to and has not reached yet (name -> the
         # WireGuard key it was bound to then), and whether a round of handing on is under way.
         self.behind: dict[str, str] = {}

@@ -335,6 +335,16 @@ def test_the_agent_admits_a_member_and_refuses_one_claiming_its_name(agent, spec
     assert agent.registry.bindings["node2"].wg_pubkey == wg_key(2) and agent.counts["refused"] == 2
 
 
+def test_its_own_broadcast_read_late_is_still_known(agent):
+    """The loop held up by a slow role start (20 ticks) while the announce thread sends on."""
+    first = agent.announcement()
+    agent.sent.append(first)
+    for _ in range(20):
+        agent.sent.append(agent.announcement())
+    agent.receive(first, "10.42.0.11")
+    assert agent.counts == {"dropped": 0, "rate_limited": 0, "refused": 0}
+
+
 def test_the_agent_announces_what_it_checks(agent, spec):
     opened = messages.open_announcement(agent.announcement(), {1: agent.credential.announce_key})
     a = validate.announcement(opened, spec)
