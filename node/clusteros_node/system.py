@@ -17,7 +17,7 @@ class CommandError(RuntimeError):
 
 def run(*argv: str, check: bool = True, timeout: float = 60, stdin: str | None = None) -> str:
     """Run a command; its output. Secrets go through `stdin` or files, never through argv."""
-    if argv[0] == "systemd-run" or (argv[0] == "systemctl" and CHANGES_UNITS & set(argv[1:])):
+    if argv[0] in ("systemd-run", "systemd-mount") or (argv[0] == "systemctl" and CHANGES_UNITS & set(argv[1:])):
         _seen.clear()
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=stdin)

@@ -3,7 +3,6 @@ files it writes. The agent itself runs here in-process (`apply_system=False`: it
 on this machine), fed real packets."""
 
 import base64
-import configparser
 import json
 import os
 import socket
@@ -718,15 +717,26 @@ def node_retry(check, timeout: float = 5.0) -> bool:
 
 def test_the_shared_home_is_exported_to_the_mesh_only_and_mounted_hard_on_first_use():
     assert home.exports("10.99.0.0/24").splitlines()[-1] == "/home 10.99.0.0/24(rw,sync,no_subtree_check,root_squash)"
-    mount = configparser.ConfigParser()
-    mount.read_string(home.mount_unit("10.99.0.1"))
-    assert dict(mount["Mount"]) == {"what": "10.99.0.1:/home", "where": "/home", "type": "nfs4",
-                                         "options": home.MOUNT_OPTIONS, "timeoutsec": "90", "forceunmount": "yes",
-                                         "lazyunmount": "yes"}
+    argv = home.mount_argv("10.99.0.1")
+    assert argv[0] == "systemd-mount" and argv[-2:] == ["10.99.0.1:/home", "/home"]
+    assert {"--automount=yes", "--type=nfs4", f"--options={home.MOUNT_OPTIONS}", "--property=TimeoutSec=90",
+            "--property=ForceUnmount=yes", "--property=LazyUnmount=yes"} <= set(argv)
     assert "hard" in home.MOUNT_OPTIONS.split(",") and "soft" not in home.MOUNT_OPTIONS
-    automount = configparser.ConfigParser()
-    automount.read_string(home.automount_unit())
-    assert automount["Automount"]["Where"] == "/home"
+
+
+@pytest.mark.parametrize("states, commands", [
+    ({"home.automount": "active", "home.mount": "inactive"}, []),
+    ({"home.automount": "inactive", "home.mount": "inactive"}, ["systemd-mount"]),
+    ({"home.automount": "failed", "home.mount": "inactive"}, ["systemctl reset-failed", "systemd-mount"]),
+])
+def test_a_client_makes_the_home_automount_only_when_it_is_not_there(monkeypatch, states, commands):
+    """No unit file and no daemon-reload: the automount is made through systemd's API when missing."""
+    ran = []
+    monkeypatch.setattr(system, "unit_states", lambda *units: {u: states[u] for u in units})
+    monkeypatch.setattr(system, "run", lambda *argv, **_: ran.append(argv) or "")
+    home.Home().as_client("10.99.0.1")
+    assert [" ".join(argv[:2]) if argv[0] == "systemctl" else argv[0] for argv in ran] == commands
+    assert all("daemon-reload" not in argv for argv in ran)
 
 
 def test_slurmdbd_conf_keeps_its_database_password_and_grants_are_idempotent():
