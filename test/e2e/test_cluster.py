@@ -144,6 +144,14 @@ def test_the_running_cluster_belongs_to_its_owner_alone(running):
     assert oct((DIST / "vm" / "cluster.json").stat().st_mode & 0o777) == "0o600"
 
 
+def test_a_test_vm_holds_the_credential_it_was_handed_in_ram_only(running):
+    """`doit test_vm` hands each node the credential through QEMU's fw_cfg, as a systemd credential:
+    on the node it is in /run (RAM) only, never written to the node's disk."""
+    for node in running:
+        node.succeed("test ! -e /var/lib/clusteros/credential.json",
+                     "sudo test -s /run/credentials/@system/clusteros-credential")
+
+
 def test_a_killed_node_shows_down_goes_down_in_sinfo_and_comes_back_idle(running):
     """QEMU killed from outside: vm_status says so with the serial log, SLURM marks the node down, and
     `doit test_vm` restarts it, after which it is back in SLURM. (The graceful ACPI power-down is what

@@ -9,14 +9,17 @@ them (its own rewrite of boot.ipxe). The image over QEMU's TFTP, one 1428-byte b
 trip through its user network, cost about 45 CPU-seconds of emulation; the installer's TFTP
 fetch, boot.ipxe's default for a set served by plain dnsmasq, is tested against dnsmasq in
 test_serve_pxe_lan.py.
-The ISO's and the stick's machines must reboot from their disks into the node
-image and answer SSH, and the smoke checks of a booted node run on them (these
-are the image's BIOS and UEFI boots: the raw disk as it lands on hardware). The
-PXE machine boots its disk (SeaBIOS, the disk's GRUB, the image's kernel and
-initramfs mounting its root from virtio) and is stopped once the root is mounted:
-what follows, systemd to SSH, is the other two's, and a third installed system
-booting on to SSH under emulation cost the suite about 40 CPU-seconds while the
-others waited for it. Two
+Each machine must reboot from its disk into the node image (these are the image's
+BIOS and UEFI boots: the raw disk as it lands on hardware). The stick's machine (UEFI)
+answers SSH, and the smoke checks of a booted node run on it. The ISO's machine
+(SeaBIOS) boots until its console says sshd listens, with its name and host key,
+and is stopped: its name and key are held against the stick's machine's, two
+machines installed from one image. The PXE machine boots its disk (SeaBIOS, the
+disk's GRUB, the image's kernel and initramfs mounting its root from virtio) and is
+stopped once the root is mounted. Every installed system kept running costs the
+suite its agent forming a cluster of one (slurmctld, K3s) and the checks' commands
+under emulation, while the cluster's tests wait for the CPU: the ISO's machine, run
+on to the checks, took ~100 CPU-seconds more than now. Two
 refusals must leave every disk untouched: the asking installer (booted from
 its kernel and initrd) answered with Enter, and the ISO as a CD under UEFI
 with two empty disks. A machine netbooted from a running node (dnsmasq, not
@@ -38,7 +41,6 @@ from clusteros import accel, credentials, secrets, wifi
 from clusteros.cli import main as clusteros
 from clusteros.spec import load_spec
 from clusteros.vm import ports, qemu
-from clusteros.vm.cluster import credential_files
 from clusteros.vm.machine import Machine
 from clusteros.vm.node import Node, retry
 from clusteros.vm.ssh import SSHTarget
@@ -100,20 +102,7 @@ def built(unattended_spec) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fw_cfg_credential(built, unattended_spec) -> list[str]:
-    """QEMU arguments handing a machine the credential as a test VM gets it. The ISO install
-    carries none, and its machine has no cluster to be approved by (the PXE machine, which never
-    runs its installed system, gets none). The files stay while the module runs: the ISO's
-    machine reboots into the installed system."""
-    directory = MACHINES / "credential"
-    directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)
-    with credential_files(load_spec(unattended_spec), directory) as files:
-        yield qemu.fw_cfg_args(files)
-
-
-@pytest.fixture(scope="module")
-def installers(built, unattended_spec, fw_cfg_credential) -> dict:
+def installers(built, unattended_spec) -> dict:
     """The shareable installers, and the owner's stick as the README makes it: `clusteros flash --credential`
     onto a stick (a loop device here), which must hold what `clusteros owner-stick` writes to a file."""
     made = MACHINES / "owner-stick.img"
@@ -125,7 +114,7 @@ def installers(built, unattended_spec, fw_cfg_credential) -> dict:
         assert stick.read(made.stat().st_size) == expected.read(), "the flashed stick is the owner's stick"
     made.unlink()
     return {"iso": built / "democluster-installer.iso", "usb": usb, "pxe": built / "pxe",
-            "spec": load_spec(unattended_spec), "credential": fw_cfg_credential}
+            "spec": load_spec(unattended_spec)}
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +189,7 @@ def start_install(medium: str, built: dict, number: int, pxe_served: Path) -> In
     if medium == "iso":
         argv = base + [
             "-cdrom", str(built["iso"]),    # in place of q35's empty default CD drive
-            "-netdev", f"user,id=net,{forward}", "-device", f"{hardware['nic']},netdev=net", *built["credential"]]
+            "-netdev", f"user,id=net,{forward}", "-device", f"{hardware['nic']},netdev=net"]
     elif medium == "usb":
         argv = base + [
             "-device", "qemu-xhci",
@@ -363,21 +352,35 @@ def test_no_shareable_artifact_holds_a_secret_or_the_test_key(installers):
 
 
 FIRMWARE = {"iso": "bios", "usb": "uefi", "pxe": "bios"}
+# The console's line once sshd listens (clusteros-ssh-ready): a machine the spec does not list is
+# named node-<the first 8 hex digits of its machine id>.
+SSH_READY = r"clusteros: SSH ready on (node-[0-9a-f]{8}): ED25519 (SHA256:[\w+/]{43})"
 
 
-# The machines that boot their installed system (the module's docstring says why not the PXE one).
-BOOTED = ("iso", "usb")
+@dataclass
+class Booted:
+    root: str            # the device its root file system is on
+    name: str            # its host name, made from its own machine id
+    host_key: str        # its SSH host key's fingerprint
 
 
 @pytest.fixture(scope="module")
-def installed(installs, installers) -> dict[str, str]:
-    """The PXE machine installed and booted from its disk as far as its root file system, then
-    stopped; the others installed and up from their disks: medium -> the device / is on."""
+def installed(installs, installers) -> dict[str, Booted]:
+    """Each machine installed and booted from its disk: the PXE machine as far as its root file
+    system, the ISO's until sshd listens (both then stopped), the stick's up, for the checks."""
     pxe = installs["pxe"].node
     wait_for_installer(pxe, "installed and verified", "pxe")
     wait_for_installer(pxe, booted_from(HARDWARE["pxe"]["root"]), "pxe, booting its disk")
     pxe.machine.stop(timeout=0)   # nothing on it to keep
-    return {medium: wait_installed_and_up(installs[medium]) for medium in BOOTED}
+    iso = installs["iso"].node
+    wait_for_installer(iso, "installed and verified", "iso")
+    wait_for_installer(iso, booted_from(HARDWARE["iso"]["root"]) + ".*" + SSH_READY, "iso, booting its disk")
+    name, key = re.search(SSH_READY, iso.machine.console_text()).groups()
+    iso.machine.stop(timeout=0)
+    usb = installs["usb"]
+    root = wait_installed_and_up(usb)
+    usb_name, usb_key = re.search(SSH_READY, usb.node.machine.console_text()).groups()
+    return {"iso": Booted(HARDWARE["iso"]["root"] + "3", name, key), "usb": Booted(root, usb_name, usb_key)}
 
 
 def booted_from(disk: str) -> str:
@@ -388,14 +391,16 @@ def booted_from(disk: str) -> str:
             rf".*EXT4-fs \({Path(disk).name}3\): mounted filesystem")
 
 
-def sh(installs, installers, medium: str, command: str) -> str:
-    return installs[medium].node.succeed(command).strip()
+def on_usb(installs, command: str) -> str:
+    return installs["usb"].node.succeed(command).strip()
 
 
-@pytest.mark.parametrize("medium", BOOTED)
+@pytest.mark.parametrize("medium", ("iso", "usb"))
 def test_installer_writes_the_disk_and_the_machine_boots_from_it(installed, installs, medium):
+    """The ISO's machine: what `installed` read on its console (its root mounted from the disk, then
+    sshd listening); the stick's: where its running system's root is."""
     disk = HARDWARE[medium]["root"]
-    assert installed[medium].startswith(disk), f"{medium}: root is {installed[medium]}, not on the installed disk"
+    assert installed[medium].root.startswith(disk), f"{medium}: root is {installed[medium].root}, not on the installed disk"
     assert_listed_the_disks(installs[medium], disk)
     if medium == "usb":
         assert "serial CLUSTEROS0001" in installs[medium].node.machine.console_text(), \
@@ -416,57 +421,54 @@ def assert_listed_the_disks(install: Install, disk: str) -> None:
     assert f"{disk}  6144 MiB" in text and "(empty)" in text, f"{install.medium}: the installer listed the disks it saw"
 
 
-# The smoke checks of a booted node, on the machines the installers made: the image's
-# raw disk as it lands on hardware, under SeaBIOS (iso) and OVMF (usb).
+# The smoke checks of a booted node, on the stick's machine: the image's raw disk as it lands on
+# hardware, under OVMF (the ISO's machine, under SeaBIOS, reached sshd: `installed`).
 
-@pytest.mark.parametrize("medium", ["iso", "usb"])
-def test_boots_with_systemd_as_pid_1_under_its_firmware(installed, installs, installers, medium):
-    assert sh(installs, installers, medium, "ps -p 1 -o comm=") == "systemd"
-    assert sh(installs, installers, medium, "test -d /sys/firmware/efi && echo uefi || echo bios") == FIRMWARE[medium]
-
-
-def test_kernel_log_is_readable(installed, installs, installers):
-    assert sh(installs, installers, "iso", "sudo dd if=/dev/kmsg bs=8192 count=1 status=none | wc -c") != "0"
+def test_boots_with_systemd_as_pid_1_under_its_firmware(installed, installs):
+    assert on_usb(installs, "ps -p 1 -o comm=") == "systemd"
+    assert on_usb(installs, "test -d /sys/firmware/efi && echo uefi || echo bios") == FIRMWARE["usb"]
 
 
-def test_cluster_tools_and_units_are_installed(installed, installs, installers):
-    sh(installs, installers, "usb", "command -v wg && test -x /usr/sbin/slurmd && test -x /usr/sbin/slurmctld "
-                                    "&& command -v munge && test -r /usr/local/lib/clusteros/node-agent/__main__.py")
-    assert sh(installs, installers, "usb", "systemctl is-enabled node-agent.service") == "enabled"
+def test_kernel_log_is_readable(installed, installs):
+    assert on_usb(installs, "sudo dd if=/dev/kmsg bs=8192 count=1 status=none | wc -c") != "0"
 
 
-def test_ssh_is_keys_only_without_root(installed, installs, installers):
-    config = sh(installs, installers, "iso", "sudo sshd -T")
+def test_cluster_tools_and_units_are_installed(installed, installs):
+    on_usb(installs, "command -v wg && test -x /usr/sbin/slurmd && test -x /usr/sbin/slurmctld "
+                     "&& command -v munge && test -r /usr/local/lib/clusteros/node-agent/__main__.py")
+    assert on_usb(installs, "systemctl is-enabled node-agent.service") == "enabled"
+
+
+def test_ssh_is_keys_only_without_root(installed, installs):
+    config = on_usb(installs, "sudo sshd -T")
     assert "passwordauthentication no" in config and "permitrootlogin no" in config
 
 
-def test_each_machine_makes_its_own_machine_id_host_key_and_name(installed, installs, installers):
-    """Two machines installed from one image: nothing that must be a machine's own came with it."""
-    for medium in BOOTED:
-        installs[medium].node.wait_for_unit("clusteros-identity.service")
+def test_each_machine_makes_its_own_machine_id_host_key_and_name(installed, installs):
+    """Two machines installed from one image: nothing that must be a machine's own came with it
+    (the names are made from the machine ids: clusteros-identity)."""
+    iso, usb = installed["iso"], installed["usb"]
+    assert iso.name != usb.name and iso.host_key != usb.host_key
+    installs["usb"].node.wait_for_unit("clusteros-identity.service")
+    assert on_usb(installs, "hostname") == usb.name, "the console named the machine as it names itself"
+    assert re.fullmatch(r"[0-9a-f]{32}", machine_id := on_usb(installs, "cat /etc/machine-id")), machine_id
+    assert usb.name == "node-" + machine_id[:8], "a machine the spec does not list is named by its machine id"
+    assert usb.host_key in on_usb(installs, "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub")
 
-    def each(command):
-        return {sh(installs, installers, medium, command) for medium in BOOTED}
-    assert len(each("cat /etc/machine-id")) == len(BOOTED)
-    assert len(each("cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub")) == len(BOOTED)
-    names = each("hostname")
-    assert len(names) == len(BOOTED) and all(n.startswith("node-") for n in names), "MACs the spec does not list"
 
-
-def test_root_file_system_fills_the_disk(installed, installs, installers):
+def test_root_file_system_fills_the_disk(installed, installs):
     # growroot runs once at boot; wait for it rather than race it.
-    sh(installs, installers, "usb", "systemctl is-active --wait clusteros-growroot.service || "
-                                    "timeout 120 sh -c 'until systemctl is-active -q clusteros-growroot; do sleep 2; done'")
-    size = int(sh(installs, installers, "usb", "df --output=size -B1 / | tail -1"))
+    on_usb(installs, "systemctl is-active --wait clusteros-growroot.service || "
+                     "timeout 120 sh -c 'until systemctl is-active -q clusteros-growroot; do sleep 2; done'")
+    size = int(on_usb(installs, "df --output=size -B1 / | tail -1"))
     assert size > 5.5 * 1024**3, f"a 4 GiB image on a 6 GiB disk: / is {size} bytes"
 
 
-def test_the_owners_stick_gives_its_machine_the_credential_and_a_test_vm_keeps_it_off_disk(installed, installs):
-    usb, iso = installs["usb"].node, installs["iso"].node
+def test_the_owners_stick_gives_its_machine_the_credential(installed, installs):
+    usb = installs["usb"].node
     assert usb.succeed("sudo stat -c '%a %U' /var/lib/clusteros/credential.json").strip() == "600 root"
     usb.fail("test -r /var/lib/clusteros/credential.json")   # not for the login user
-    iso.succeed("test ! -e /var/lib/clusteros/credential.json && sudo test -s /run/credentials/@system/clusteros-credential")
-    for node in (usb, iso):   # each holds the credential: a cluster of one, led by itself
-        status = node.wait_until_succeeds("clusteros-node status --json | grep -q '\"generation\"' "
-                                          "&& clusteros-node status --json", timeout=90)
-        assert json.loads(status)["credential"]["generation"] >= 1, node.name
+    # It holds the credential: a cluster of one, led by itself.
+    status = usb.wait_until_succeeds("clusteros-node status --json | grep -q '\"generation\"' "
+                                     "&& clusteros-node status --json", timeout=90)
+    assert json.loads(status)["credential"]["generation"] >= 1
