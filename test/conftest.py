@@ -51,23 +51,27 @@ def work_unit(nodeid: str) -> str:
 
 
 # The order the units are handed out in (xdist's own order, by test count, is off; a worker takes
-# the next unit when its own has two tests left). The two long ones first, one to each worker;
-# then, on the installers' worker, Packer's two VMs, the longest chain of what is left (build, then
-# boot), beside the cluster's last modules; then serve-pxe's LAN (half a minute) and the rack's
-# agents (a minute), each to whichever worker asks first; the unit tests last. Packer's module runs
-# its short test first, so that when the installers end before the cluster's modules its worker
-# asks early and takes the shorter of the two, leaving the rack to the cluster's worker. Measured
-# on clean clones: with the rack and serve-pxe's LAN before Packer, the installers' worker ran
-# Packer last, alone, while the other had only the unit tests left (726 and 764 s, 2026-11-28
-# evening); with the rack before serve-pxe's LAN, Packer's worker asked first, took the rack and
-# ended a minute after the other (785 s, 22:45); in this order, at 23:08, the installers ended last
-# and the cluster's worker took both, the two ending 31 s apart.
-ORDER = (CLUSTER_UNIT, "test/e2e/test_installers.py", "test/e2e/test_packer.py", "test/e2e/test_serve_pxe_lan.py",
-         "test/e2e/test_rack.py")
+# the next unit when its own has two tests left). The cluster's first, to one worker; then the unit
+# tests, one at a time, to the other, while the first builds the image (on a fresh machine, most of
+# two minutes of packages fetched and unpacked on one core, which the installers' build waits for
+# too); then the installers, the other long one; then Packer's two VMs, the longest chain of what is
+# left (build, then boot), beside the cluster's last modules; then serve-pxe's LAN (half a minute)
+# and the rack's agents (a minute), each to whichever worker asks first. Packer's module runs its
+# short test first, so that when the installers end before the cluster's modules its worker asks
+# early and takes the shorter of the two, leaving the rack to the cluster's worker. Measured on clean
+# clones: with the rack and serve-pxe's LAN before Packer, the installers' worker ran Packer last,
+# alone, while the other had only the unit tests left (726 and 764 s, 2026-11-28 evening); with the
+# rack before serve-pxe's LAN, Packer's worker asked first, took the rack and ended a minute after
+# the other (785 s, 22:45); in this order, at 23:08, the installers ended last and the cluster's
+# worker took both, the two ending 31 s apart. The unit tests came last until 2026-11-29, when the
+# suite was CPU-bound on both cores from the first boot on, but for the first two minutes.
+UNIT_TESTS = "the unit tests"
+ORDER = (CLUSTER_UNIT, UNIT_TESTS, "test/e2e/test_installers.py", "test/e2e/test_packer.py",
+         "test/e2e/test_serve_pxe_lan.py", "test/e2e/test_rack.py")
 
 
 def unit_order(nodeid: str) -> int:
-    unit = work_unit(nodeid)
+    unit = UNIT_TESTS if nodeid.startswith("test/unit/") else work_unit(nodeid)
     return ORDER.index(unit) if unit in ORDER else len(ORDER)
 
 

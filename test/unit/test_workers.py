@@ -35,10 +35,10 @@ def test_an_e2e_modules_tests_stay_together_and_unit_tests_go_one_by_one():
     assert work_unit("test/unit/test_disk.py::test_sizes") != work_unit("test/unit/test_disk.py::test_ids")
 
 
-def test_the_long_units_go_first_and_the_unit_tests_last():
+def test_the_cluster_goes_first_then_the_unit_tests_while_its_image_builds_then_the_long_units():
     order = sorted(["test/unit/test_disk.py::test_ids", "test/e2e/test_packer.py::test_p",
                     "test/e2e/test_rack.py::test_r", "test/e2e/test_installers.py::test_i",
                     "test/e2e/test_cluster_trust.py::test_t", "test/e2e/test_serve_pxe_lan.py::test_s"], key=unit_order)
     assert [o.split("::")[0].rsplit("/", 1)[1] for o in order] == [
-        "test_cluster_trust.py", "test_installers.py", "test_packer.py", "test_serve_pxe_lan.py", "test_rack.py",
-        "test_disk.py"]
+        "test_cluster_trust.py", "test_disk.py", "test_installers.py", "test_packer.py", "test_serve_pxe_lan.py",
+        "test_rack.py"]
