@@ -19,7 +19,8 @@ disk's GRUB, the image's kernel and initramfs mounting its root from virtio) and
 stopped once the root is mounted. Every installed system kept running costs the
 suite its agent forming a cluster of one (slurmctld, K3s) and the checks' commands
 under emulation, while the cluster's tests wait for the CPU: the ISO's machine, run
-on to the checks, took ~100 CPU-seconds more than now. Two
+on to the checks, took 224 CPU-seconds of the host against 154 now (back-to-back
+suites, 2026-11-29). Two
 refusals must leave every disk untouched: the asking installer (booted from
 its kernel and initrd) answered with Enter, and the ISO as a CD under UEFI
 with two empty disks. A machine netbooted from a running node (dnsmasq, not
