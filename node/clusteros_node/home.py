@@ -57,11 +57,14 @@ class Home:
 
     def as_client(self, server_ip: str) -> None:
         self.units = system.unit_states("home.automount", "home.mount")
-        if self.units["home.automount"] == "active":
+        if "active" in self.units.values():   # waiting on /home, or /home mounted already
             return
         if "failed" in self.units.values():   # a failed transient unit stays loaded, and its name taken
             system.run("systemctl", "reset-failed", "home.automount", "home.mount", check=False)
-        system.run(*mount_argv(server_ip))
+        try:   # a unit still loaded (stopped, or written by an older agent) starts as it is
+            system.run("systemctl", "start", "home.automount")
+        except system.CommandError:   # none is: make them (systemd-mount refuses a name that is loaded)
+            system.run(*mount_argv(server_ip))
 
     def state(self) -> dict:
         """As last seen by as_server or as_client (a tick ago at most)."""

@@ -724,16 +724,26 @@ def test_the_shared_home_is_exported_to_the_mesh_only_and_mounted_hard_on_first_
     assert "hard" in home.MOUNT_OPTIONS.split(",") and "soft" not in home.MOUNT_OPTIONS
 
 
-@pytest.mark.parametrize("states, commands", [
-    ({"home.automount": "active", "home.mount": "inactive"}, []),
-    ({"home.automount": "inactive", "home.mount": "inactive"}, ["systemd-mount"]),
-    ({"home.automount": "failed", "home.mount": "inactive"}, ["systemctl reset-failed", "systemd-mount"]),
+@pytest.mark.parametrize("states, loaded, commands", [
+    ({"home.automount": "active", "home.mount": "inactive"}, True, []),
+    ({"home.automount": "inactive", "home.mount": "active"}, True, []),
+    ({"home.automount": "inactive", "home.mount": "inactive"}, True, ["systemctl start"]),
+    ({"home.automount": "inactive", "home.mount": "inactive"}, False, ["systemctl start", "systemd-mount"]),
+    ({"home.automount": "failed", "home.mount": "inactive"}, False,
+     ["systemctl reset-failed", "systemctl start", "systemd-mount"]),
 ])
-def test_a_client_makes_the_home_automount_only_when_it_is_not_there(monkeypatch, states, commands):
-    """No unit file and no daemon-reload: the automount is made through systemd's API when missing."""
+def test_a_client_makes_the_home_automount_only_when_it_is_not_there(monkeypatch, states, loaded, commands):
+    """No unit file and no daemon-reload: a loaded automount is started, and only when none is
+    loaded is one made through systemd's API (systemd-mount refuses a unit name that is loaded)."""
     ran = []
+
+    def run(*argv, **_):
+        ran.append(argv)
+        if argv[:2] == ("systemctl", "start") and not loaded:
+            raise system.CommandError("Unit home.automount not found.")
+        return ""
     monkeypatch.setattr(system, "unit_states", lambda *units: {u: states[u] for u in units})
-    monkeypatch.setattr(system, "run", lambda *argv, **_: ran.append(argv) or "")
+    monkeypatch.setattr(system, "run", run)
     home.Home().as_client("10.99.0.1")
     assert [" ".join(argv[:2]) if argv[0] == "systemctl" else argv[0] for argv in ran] == commands
     assert all("daemon-reload" not in argv for argv in ran)
