@@ -42,8 +42,8 @@ def work_unit(nodeid: str) -> str:
     """What one worker runs whole, in order: the 3-node cluster's modules together, every other e2e
     module by itself (its module-scoped machines, its fixed names and ports), each unit test alone.
 
-    The largest unit goes first: the cluster's to one worker, the installers' to the other, and the
-    unit tests fill in wherever a worker is free."""
+    The cluster's goes first, to one worker; the unit tests to the other while the first builds the
+    image; then the installers' (ORDER, below)."""
     path = nodeid.split("::", 1)[0]
     if CLUSTER_MODULES.match(path):
         return CLUSTER_UNIT

@@ -2,8 +2,8 @@
 
 It is booted by test_cluster (the qcow2, as test_vm runs it); test_installers
 builds the same image in a dist of its own and boots the raw disk each installer
-writes (under SeaBIOS and OVMF; the PXE one as far as its root file system), where the
-smoke checks of a booted node live.
+writes (under OVMF to SSH, where the smoke checks of a booted node live; under SeaBIOS
+until sshd listens, and the PXE one as far as its root file system).
 
 In the cluster's test worker, after the cluster is gone (test/conftest.py): the rebuild edits a
 source file, and so changes the image dist/e2e's next doit makes.

@@ -227,7 +227,7 @@ def wait_for_installer(node, success: str, what: str) -> None:
         text = node.machine.console_text()
         if "clusteros-installer: ERROR" in text or not node.machine.is_alive():
             pytest.fail(f"{what}: the installer failed or QEMU exited:\n{text[-3000:]}")
-        assert re.search(success, text), f"{what}: not there yet"
+        assert re.search(success, text), f"{what}: not there yet; the console ends:\n{text[-3000:]}"
     node.retry(done, INSTALL_TIMEOUT, every=5)
 
 
@@ -360,9 +360,17 @@ SSH_READY = r"clusteros: SSH ready on (node-[0-9a-f]{8}): ED25519 (SHA256:[\w+/]
 
 @dataclass
 class Booted:
-    root: str            # the device its root file system is on
     name: str            # its host name, made from its own machine id
     host_key: str        # its SSH host key's fingerprint
+    root: str | None     # the device its running root file system is on (None: not asked, it was stopped)
+
+
+def console_identity(node: Node) -> tuple[str, str]:
+    """The name and host key fingerprint the console said once sshd listened."""
+    line = node.wait_for_console_text(r"clusteros: SSH ready on [^\r\n]*[\r\n]", timeout=30).group(0)   # a whole line
+    match = re.fullmatch(SSH_READY, line.strip())
+    assert match, f"{node.name}: not the line clusteros-ssh-ready prints for a machine the spec does not list: {line!r}"
+    return match.group(1), match.group(2)
 
 
 @pytest.fixture(scope="module")
@@ -375,13 +383,12 @@ def installed(installs, installers) -> dict[str, Booted]:
     pxe.machine.stop(timeout=0)   # nothing on it to keep
     iso = installs["iso"].node
     wait_for_installer(iso, "installed and verified", "iso")
-    wait_for_installer(iso, booted_from(HARDWARE["iso"]["root"]) + ".*" + SSH_READY, "iso, booting its disk")
-    name, key = re.search(SSH_READY, iso.machine.console_text()).groups()
+    wait_for_installer(iso, booted_from(HARDWARE["iso"]["root"]) + ".*clusteros: SSH ready on ", "iso, booting its disk")
+    iso_booted = Booted(*console_identity(iso), root=None)
     iso.machine.stop(timeout=0)
     usb = installs["usb"]
     root = wait_installed_and_up(usb)
-    usb_name, usb_key = re.search(SSH_READY, usb.node.machine.console_text()).groups()
-    return {"iso": Booted(HARDWARE["iso"]["root"] + "3", name, key), "usb": Booted(root, usb_name, usb_key)}
+    return {"iso": iso_booted, "usb": Booted(*console_identity(usb.node), root=root)}
 
 
 def booted_from(disk: str) -> str:
@@ -398,14 +405,16 @@ def on_usb(installs, command: str) -> str:
 
 @pytest.mark.parametrize("medium", ("iso", "usb"))
 def test_installer_writes_the_disk_and_the_machine_boots_from_it(installed, installs, medium):
-    """The ISO's machine: what `installed` read on its console (its root mounted from the disk, then
-    sshd listening); the stick's: where its running system's root is."""
+    """Both consoles: the installer's reboot, the disk's GRUB, the root mounted from the disk (for
+    the ISO's machine, then sshd listening: `installed` waited for both); the stick's machine: its
+    running system's root is on that disk."""
     disk = HARDWARE[medium]["root"]
-    assert installed[medium].root.startswith(disk), f"{medium}: root is {installed[medium].root}, not on the installed disk"
-    assert_listed_the_disks(installs[medium], disk)
+    assert re.search(booted_from(disk), installs[medium].node.machine.console_text()), f"{medium}: booted from its disk"
     if medium == "usb":
+        assert installed[medium].root.startswith(disk), f"usb: root is {installed[medium].root}, not on the installed disk"
         assert "serial CLUSTEROS0001" in installs[medium].node.machine.console_text(), \
             "the list names each disk's serial"
+    assert_listed_the_disks(installs[medium], disk)
 
 
 def test_pxe_installer_writes_the_disk_and_the_firmware_boots_it(installed, installs):
