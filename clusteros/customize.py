@@ -22,10 +22,11 @@ AGENT_DIR = "usr/local/lib/clusteros"
 UNITS_ENABLED = ["systemd-networkd.service", "systemd-resolved.service", "ssh.service",
                  "clusteros-identity.service", "clusteros-growroot.service", "clusteros-ssh-hostkeys.service"]
 # The node-agent starts the SLURM daemon of the node's role, and the storage node's NFS server,
-# database and slurmdbd; none starts by itself. wpasupplicant's own D-Bus supplicant is for
-# desktops: clusteros-wifi@ runs one on the node's WLAN device.
+# database and slurmdbd; none starts by itself. Nor does munge: its key is the one the agent
+# derives from the credential (a machine without one has no key, and no munge). wpasupplicant's
+# own D-Bus supplicant is for desktops: clusteros-wifi@ runs one on the node's WLAN device.
 UNITS_DISABLED = ["slurmctld.service", "slurmd.service", "slurmdbd.service", "mariadb.service",
-                  "nfs-server.service", "wpa_supplicant.service"]
+                  "nfs-server.service", "munge.service", "wpa_supplicant.service"]
 OPTIONAL_UNITS = ["node-agent.service"]
 # Work a headless cluster node never needs, that costs it boot time, or reaches for the internet on its own.
 UNITS_MASKED = ["e2scrub_reap.service", "e2scrub_all.timer", "apt-daily.timer", "apt-daily-upgrade.timer",
@@ -56,9 +57,11 @@ GENERATORS_MASKED = ["systemd-cryptsetup-generator", "systemd-integritysetup-gen
 MODULES_PRUNED = ("sound", "drivers/media", "drivers/staging", "drivers/comedi", "drivers/isdn", "drivers/iio")
 # The drivers that stay are stored zstd-compressed, as Ubuntu ships its own: the image's kmod
 # reads .ko.zst (the kernel is handed the same bytes), and the 314 MB left become 83 MB.
+# The munge key is the one munge's postinst made in the build: a secret every machine made from
+# the image, and everyone holding the image, would share.
 LEAN_PATTERNS = ("var/cache/apt/*.bin", "var/cache/apt/archives/*.deb", "var/lib/apt/lists/*", "var/log/*.log",
-                 "var/log/apt/*", "etc/ssh/ssh_host_*", "tmp/*", "var/tmp/*", "var/cache/debconf/*-old",
-                 "var/lib/dpkg/*-old")
+                 "var/log/apt/*", "etc/ssh/ssh_host_*", "etc/munge/munge.key", "tmp/*", "var/tmp/*",
+                 "var/cache/debconf/*-old", "var/lib/dpkg/*-old")
 
 
 # --------------------------------------------------------------------------
@@ -302,7 +305,7 @@ def unit_exists(tree: Path, unit: str) -> bool:
 
 
 def make_lean(tree: Path) -> None:
-    """Leave no caches, logs, host keys or machine identity inside the image."""
+    """Leave no caches, logs, host keys, munge key or machine identity inside the image."""
     for pattern in LEAN_PATTERNS:
         for path in tree.glob(pattern):
             if path.is_dir() and not path.is_symlink():

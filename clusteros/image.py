@@ -32,7 +32,7 @@ from clusteros.manifest import image_manifest
 DEFAULT_EPOCH = 1735689600  # 2025-01-01
 KERNEL_CMDLINE = "console=tty0 console=ttyS0,115200n8"
 # Bump when the base tree is made differently, so trees made the old way are not reused.
-BASE_RECIPE = 5
+BASE_RECIPE = 6
 
 
 def source_epoch() -> int:

@@ -12,10 +12,12 @@ source file, and so changes the image dist/e2e's next doit makes.
 import gzip
 import hashlib
 import json
+import subprocess
 import time
 
 import pytest
 
+from clusteros import disk
 
 from .conftest import DIST, ROOT, doit, editing_sources
 
@@ -56,3 +58,19 @@ def test_one_overlay_file_rebuilds_the_image_but_not_the_rootfs(image):
             print(f"one overlay file: image rebuilt in {seconds:.0f}s without the rootfs")
         finally:
             overlay_file.write_bytes(original)
+
+
+def test_the_image_holds_no_munge_key_and_starts_no_munge(image):
+    """munge's postinst makes a key when the package is installed: every machine made from the image,
+    and everyone holding it, would share that secret. The agent writes the key derived from the
+    credential and starts munge; a machine without a credential has neither."""
+    raw = DIST / "democluster.raw"
+
+    def listing(folder: str) -> str:
+        return subprocess.run(["debugfs", "-R", f"ls -l {folder}", f"{raw}?offset={disk.ROOT_START}"],
+                              capture_output=True, text=True, check=True).stdout
+
+    assert "munged" in listing("/usr/sbin"), "debugfs reads the image's root file system"
+    assert "munge.key" not in listing("/etc/munge")
+    assert "munge.service" not in listing("/etc/systemd/system/multi-user.target.wants")
+    assert "node-agent.service" in listing("/etc/systemd/system/multi-user.target.wants")
