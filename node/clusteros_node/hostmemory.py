@@ -55,7 +55,7 @@ def reporting_balloon(balloons: Path = BALLOONS) -> bool:
 
 def emulated() -> bool:
     """The virtual machine is QEMU without KVM: systemd-detect-virt says "qemu" for TCG, "kvm" for KVM."""
-    return system.run("systemd-detect-virt", "--vm", check=False).strip() == "qemu"
+    return system.query("systemd-detect-virt", "--vm", check=False).strip() == "qemu"
 
 
 def inactive_file_bytes(meminfo: str) -> int:

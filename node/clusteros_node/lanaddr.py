@@ -24,7 +24,7 @@ DHCP_WAIT = 20.0
 def ipv4_addresses() -> list[tuple[str, str]]:
     """(interface, address/prefix) of every IPv4 address on a physical NIC."""
     found = []
-    for link in json.loads(system.run("ip", "-j", "-4", "address", "show") or "[]"):
+    for link in json.loads(system.query("ip", "-j", "-4", "address", "show") or "[]"):
         if link.get("ifname") == "lo" or not Path(f"/sys/class/net/{link.get('ifname')}/device").exists():
             continue
         for info in link.get("addr_info", []):

@@ -16,6 +16,7 @@ that does not move forward.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -33,6 +34,7 @@ class Rejected(Exception):
     """A packet that is not a valid message of this cluster: dropped, with this reason logged."""
 
 
+@functools.lru_cache(maxsize=32)   # the agent asks for the same few keys every tick (an HMAC each, under emulation)
 def derive_key(secret: bytes, label: str, length: int = 32) -> bytes:
     """HKDF-Expand (RFC 5869) with SHA-256: one secret, independent keys per purpose."""
     out, block, counter = b"", b"", 1

@@ -175,7 +175,7 @@ def lan_of(interface: str | None, spec: dict, identity_file: Path = Path("/run/c
         if interface is None:
             raise ServeError("this node does not know its cluster LAN interface: name it with --interface")
     lan = spec["network"]["lan"]
-    addresses = json.loads(system.run("ip", "-4", "-j", "address", "show", "dev", interface))
+    addresses = json.loads(system.query("ip", "-4", "-j", "address", "show", "dev", interface))
     found = [a["local"] for entry in addresses for a in entry.get("addr_info", [])
              if addressing.contains_host(lan["subnet"], a.get("local", ""))]
     if not found:

@@ -15,8 +15,24 @@ class CommandError(RuntimeError):
     """A command the agent ran failed; its message names the program, never its input."""
 
 
+# How many times the agent has changed the node: a file written, a command run that is not a
+# query. The agent compares it around a reconciliation to know that it found the node in shape.
+changes = 0
+
+
 def run(*argv: str, check: bool = True, timeout: float = 60, stdin: str | None = None) -> str:
-    """Run a command; its output. Secrets go through `stdin` or files, never through argv."""
+    """Run a command that may change the node; its output. Secrets go through `stdin` or files, never through argv."""
+    global changes
+    changes += 1
+    return _run(argv, check, timeout, stdin)
+
+
+def query(*argv: str, check: bool = True, timeout: float = 60) -> str:
+    """Run a command that only reads (`systemctl is-active`, `wg show`...); its output."""
+    return _run(argv, check, timeout, None)
+
+
+def _run(argv: tuple[str, ...], check: bool, timeout: float, stdin: str | None) -> str:
     if argv[0] in ("systemd-run", "systemd-mount") or (argv[0] == "systemctl" and CHANGES_UNITS & set(argv[1:])):
         _seen.clear()
     try:
@@ -77,6 +93,8 @@ def write_if_changed(path: Path, data: bytes, mode: int = 0o644, owner: tuple[in
             return False
     except OSError:
         pass
+    global changes
+    changes += 1
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -120,6 +138,7 @@ STEADY = {"active", "inactive", "failed"}
 STEADY_TICKS = 15
 SERVICES_CGROUP = Path("/sys/fs/cgroup/system.slice")
 _seen_at = {"tick": 0, "cgroups": {}}
+_steady = False
 
 
 # Other state the agent reads by a command (wg0's peers: the mesh and the status file): read at
@@ -132,10 +151,16 @@ _kept: dict[str, tuple[int, object]] = {}   # what -> (the tick it was read at, 
 def new_tick() -> None:
     """Another tick: unit states are read afresh unless they are steady, and what read_every keeps
     when it is as old as its caller allows."""
-    global _tick
+    global _tick, _steady
     _tick += 1
-    if not _units_steady():
+    _steady = _units_steady()
+    if not _steady:
         _seen.clear()
+
+
+def units_steady() -> bool:
+    """At this tick, every unit the agent asks about is as it was when last read (see _seen)."""
+    return _steady
 
 
 def _units_steady() -> bool:
@@ -174,7 +199,7 @@ def unit_states(*units: str) -> dict[str, str]:
         _watched.update(missing)
         ask = sorted(_watched - _seen.keys())
         cgroups = _cgroups(ask)   # before the question: a change after it is seen next tick
-        states = run("systemctl", "is-active", *ask, check=False).split()
+        states = query("systemctl", "is-active", *ask, check=False).split()
         _seen.update(zip(ask, states + ["unknown"] * (len(ask) - len(states))))
         if len(ask) == len(_seen):   # every state read at once: the steady count starts now
             _seen_at.update(tick=_tick, cgroups={})

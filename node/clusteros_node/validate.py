@@ -46,6 +46,11 @@ class Announcement:
     controller: str | None
     slurm_nodes: tuple[str, ...]
 
+    def standing(self) -> tuple:
+        """What it says, not when it said it: everything but its number."""
+        return (self.cluster, self.generation, self.name, self.index, self.lan_ip, self.wg_ip, self.wg_pubkey,
+                self.wg_port, self.cpus, self.memory_mb, self.boot_id, self.controller, self.slurm_nodes)
+
 
 def _field(payload: dict, key: str):
     if key not in payload:

@@ -42,7 +42,7 @@ def current_peers() -> dict[str, dict]:
 
 def _read_peers() -> dict[str, dict]:
     peers = {}
-    lines = system.run("wg", "show", INTERFACE, "dump", check=False).splitlines()
+    lines = system.query("wg", "show", INTERFACE, "dump", check=False).splitlines()
     for line in lines[1:]:
         fields = line.split("\t")
         if len(fields) >= 5:

@@ -420,6 +420,59 @@ def test_a_node_back_from_a_slow_start_hears_its_peers_before_it_chooses_a_contr
     assert agent.controller == "node2"
 
 
+def ticks(agent, count: int, monkeypatch) -> str:
+    """`count` ticks of the agent: "R" for a tick that reconciled, "." for one that passed by."""
+    from clusteros_node import agent as agent_mod
+    seen, reconcile = [], agent.reconcile
+    monkeypatch.setattr(agent, "reconcile", lambda: seen.append("R") or reconcile())
+    for _ in range(count):
+        before = len(seen)
+        agent._tick()
+        if len(seen) == before:
+            seen.append(".")
+    monkeypatch.setattr(agent, "reconcile", reconcile)
+    assert agent_mod.CHECK_STEADY_EVERY == 5
+    return "".join(seen)
+
+
+@pytest.fixture
+def formed(agent, monkeypatch):
+    """node1 leading node2 and node3, every unit steady."""
+    from clusteros_node import agent as agent_mod
+    monkeypatch.setattr(agent_mod, "SETTLE", 0.0)
+    monkeypatch.setattr(system, "units_steady", lambda: True)
+    for name, index in (("node2", 2), ("node3", 3)):
+        agent.receive(signed(payload(name, index, controller="node1")), f"10.42.0.{10 + index}")
+    return agent
+
+
+def test_a_node_in_shape_is_checked_every_fifth_tick_and_at_once_when_what_it_acts_on_changes(formed, monkeypatch):
+    # The first tick elects node1, the second records that this node follows it, the third finds
+    # everything in shape: four ticks pass by, then a fifth checks.
+    assert ticks(formed, 12, monkeypatch) == "RRR....R...." and formed.controller == "node1"
+    formed.receive(signed(payload("node3", 3, seq=2, controller="node1", cpus=4)), "10.42.0.13")
+    assert ticks(formed, 3, monkeypatch) == "R..", "a member's new announcement is acted on at the next tick"
+    formed.receive(signed(payload("node3", 3, seq=3, controller="node1", cpus=4)), "10.42.0.13")
+    assert ticks(formed, 1, monkeypatch) == ".", "the same announcement with a new number changes nothing"
+    formed.receive(signed(payload("node2", 2, seq=2, controller="node2")), "10.42.0.12")
+    assert ticks(formed, 2, monkeypatch) == "RR", "a member following another controller: every tick"
+
+
+def test_a_reconciliation_that_changed_the_node_or_failed_is_followed_by_another(formed, monkeypatch, tmp_path):
+    assert ticks(formed, 4, monkeypatch) == "RRR."
+    changing = formed.reconcile
+    monkeypatch.setattr(formed, "reconcile", lambda: (changing(), system.write_if_changed(tmp_path / "f", b"x")))
+    formed.passed_by = 4   # the next tick checks
+    assert ticks(formed, 3, monkeypatch) == "RR.", "a file written: checked again at the next tick"
+    formed.errors["k3s"] = "CommandError: systemd-run exited 1"
+    assert ticks(formed, 3, monkeypatch) == "RRR", "a failed step is retried every tick"
+    formed.errors.clear()
+    monkeypatch.setattr(system, "units_steady", lambda: False)
+    assert ticks(formed, 2, monkeypatch) == "RR", "a unit on its way: every tick"
+    monkeypatch.setattr(system, "units_steady", lambda: True)
+    assert ticks(formed, 3, monkeypatch) == "R.."
+
+
 def test_a_flood_from_one_sender_is_cut_and_others_still_get_through(agent):
     for seq in range(1, 2000):
         agent.receive(signed(payload("node3", 3, seq=seq)), "10.42.0.13")
