@@ -48,6 +48,7 @@ SENT_KEPT = 64
 SENDER_RATE, SENDER_BURST = 10.0, 40.0
 ROTATION_GRACE = 60.0          # the previous credential's announcements are taken this long after a rotation
 SUPERSEDED_AFTER = 60.0        # hearing only a newer generation for this long: this node's credential was replaced
+NEWER_HEARD_WITHIN = 10.0      # ...and hearing it still: one old or forged header is not a cluster that moved on
 PRUNE_EVERY = 3600.0
 SAVE_EVERY = 10.0
 # A node in shape is checked every CHECK_STEADY_EVERY ticks, not every tick (see Agent._tick).
@@ -109,7 +110,8 @@ class Agent:
         self.controller: str | None = None
         self.errors: dict[str, str] = {}
         self.counts = {"dropped": 0, "rate_limited": 0, "refused": 0}
-        self.newer_generation = 0
+        self.newer_generation = 0          # the highest generation heard above this node's (headers: unchecked)
+        self.newer_heard = 0.0
         self.last_accepted = time.monotonic()
         self.last_saved = self.last_pruned = 0.0
         self.outbox: list[bytes] = []        # unsigned messages (offers) for the announce thread to send
@@ -123,6 +125,7 @@ class Agent:
         self.steady_on: tuple | None = None
         self.passed_by = 0
         self.polling: set[str] = set()
+        self.failed: set[str] = set()      # the steps that failed in the last reconciliation
 
     # -- who this node is ---------------------------------------------------
 
@@ -196,7 +199,7 @@ class Agent:
     def _heard_announcement(self, packet: bytes, sender: str) -> None:
         generation = messages.generation_of(packet)
         if generation > self.credential.generation:
-            self.newer_generation = max(self.newer_generation, generation)
+            self.newer_generation, self.newer_heard = max(self.newer_generation, generation), time.monotonic()
         a = validate.announcement(messages.open_announcement(packet, self.keys()), self.spec)
         if a.name == self.me.name:   # (its own broadcast never gets here: receive() drops it first)
             raise Refused(f"{sender} claims this node's name")   # a copy of it, or a clone on its address
@@ -345,7 +348,8 @@ class Agent:
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
-        if self.newer_generation and now - self.last_accepted > SUPERSEDED_AFTER:
+        if (self.newer_generation and now - self.last_accepted > SUPERSEDED_AFTER
+                and now - self.newer_heard < NEWER_HEARD_WITHIN):
             system.write_if_changed(self.places.lib / "superseded", f"{self.credential.generation}\n".encode())
             log(f"credential: the cluster moved on to generation {self.newer_generation}; this node's "
                 f"({self.credential.generation}) no longer counts: asking to join again")
@@ -356,6 +360,11 @@ class Agent:
                 log(f"forgot {name}: not heard for a week")
         if self.apply_system:
             self._step("host memory", lambda: self.host_memory.tick(now))
+
+    def _save_members(self) -> None:
+        """The member table, kept across restarts: the agent's own record, which changes with every
+        announcement (their numbers), not a change of the node."""
+        now = time.monotonic()
         if now - self.last_saved >= SAVE_EVERY:
             self.last_saved = now
             system.write_if_changed(self.places.lib / "members.json",
@@ -366,6 +375,7 @@ class Agent:
             work()
             self.errors.pop(name, None)
         except Exception as exc:  # noqa: BLE001 - one step's failure must not stop the agent
+            self.failed.add(name)
             message = f"{type(exc).__name__}: {exc}"
             if self.errors.get(name) != message:
                 log(f"{name}: {message} (retrying every {TICK:.0f}s)")
@@ -443,6 +453,8 @@ class Agent:
             self.retiring[old.generation] = (old.announce_key, time.monotonic() + ROTATION_GRACE)
             credential_mod.keep(new, self.places.lib / "credential.json")
             self.credential = new
+            if self.newer_generation <= new.generation:
+                self.newer_generation = 0
             self.behind = {name: b.wg_pubkey for name, b in self.registry.bindings.items()
                            if name != self.me.name} if hand_on else {}
             live = self._reachable(self.behind)
@@ -592,7 +604,7 @@ class Agent:
 
         Under emulation a reconciliation costs ~60 ms of a node's CPU, three quarters of what an
         idle node spends. So when the last one found the node in shape (it wrote no file, ran no
-        command but queries, no step failed or polls) and what it acts on is still as it was (see
+        command but queries, no step failed or polled) and what it acts on is still as it was (see
         `_standing`), the next CHECK_STEADY_EVERY - 1 ticks only record this node as live: a file
         or unit changed behind the agent's back is put right within 10 s instead of 2, and any
         change it acts on (a member, an announcement, the controller, a unit) within a tick."""
@@ -605,19 +617,21 @@ class Agent:
             else:
                 changes = system.changes
                 self.polling.clear()
+                self.failed.clear()
                 self.reconcile()
-                found_in_shape = system.changes == changes and not self.polling and not self.errors
+                found_in_shape = system.changes == changes and not self.polling and not self.failed
                 self.steady_on = standing if found_in_shape and self._standing() == standing else None
                 self.passed_by = 0
+            self._save_members()
         self.write_status()
 
     def _standing(self) -> tuple | None:
         """What a reconciliation acts on, when the node is where it can be steady: settled, led by a
-        live controller every live member follows, all on this credential, nobody asking to join,
-        being approved or handed a credential, every unit steady. None when it is not."""
-        if (not self._settled() or self.wg_ip is None or self.controller is None or self.errors
-                or self.newer_generation or self.behind or self.handing_on or self.retiring
-                or not system.units_steady() or self.pending.current() or self.approvals.current()):
+        live controller every live member follows, all on this credential (none newer heard), no
+        machine being approved or handed a credential, every unit steady. None when it is not."""
+        if (not self._settled() or self.wg_ip is None or self.controller is None
+                or self.newer_generation > self.credential.generation or self.behind or self.handing_on
+                or self.retiring or not system.units_steady() or self.approvals.current()):
             return None
         live = [m.last for m in self.registry.live()]
         if (self.controller not in {a.name for a in live}

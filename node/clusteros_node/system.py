@@ -194,6 +194,7 @@ def unit_state(unit: str) -> str:
 
 
 def unit_states(*units: str) -> dict[str, str]:
+    global _steady
     missing = [unit for unit in units if unit not in _seen]
     if missing:
         _watched.update(missing)
@@ -203,6 +204,7 @@ def unit_states(*units: str) -> dict[str, str]:
         _seen.update(zip(ask, states + ["unknown"] * (len(ask) - len(states))))
         if len(ask) == len(_seen):   # every state read at once: the steady count starts now
             _seen_at.update(tick=_tick, cgroups={})
+            _steady = set(_seen.values()) <= STEADY
         _seen_at["cgroups"].update(cgroups)
     return {unit: _seen[unit] for unit in units}
 

@@ -460,17 +460,62 @@ def test_a_node_in_shape_is_checked_every_fifth_tick_and_at_once_when_what_it_ac
 
 def test_a_reconciliation_that_changed_the_node_or_failed_is_followed_by_another(formed, monkeypatch, tmp_path):
     assert ticks(formed, 4, monkeypatch) == "RRR."
-    changing = formed.reconcile
-    monkeypatch.setattr(formed, "reconcile", lambda: (changing(), system.write_if_changed(tmp_path / "f", b"x")))
+    real = formed.reconcile
+    monkeypatch.setattr(formed, "reconcile", lambda: (real(), system.write_if_changed(tmp_path / "f", b"x")))
     formed.passed_by = 4   # the next tick checks
     assert ticks(formed, 3, monkeypatch) == "RR.", "a file written: checked again at the next tick"
-    formed.errors["k3s"] = "CommandError: systemd-run exited 1"
+
+    def k3s_fails():
+        raise system.CommandError("systemd-run exited 1")
+    monkeypatch.setattr(formed, "reconcile", lambda: (real(), formed._step("k3s", k3s_fails)))
+    formed.passed_by = 4
     assert ticks(formed, 3, monkeypatch) == "RRR", "a failed step is retried every tick"
-    formed.errors.clear()
+    monkeypatch.setattr(formed, "reconcile", real)
+    formed.errors["firewall"] = "CommandError: nft exited 1"   # a step of the agent's start: not retried
+    assert ticks(formed, 3, monkeypatch) == "R.."
     monkeypatch.setattr(system, "units_steady", lambda: False)
     assert ticks(formed, 2, monkeypatch) == "RR", "a unit on its way: every tick"
     monkeypatch.setattr(system, "units_steady", lambda: True)
     assert ticks(formed, 3, monkeypatch) == "R.."
+
+
+def test_saving_the_member_table_is_no_change_of_the_node(formed, monkeypatch):
+    assert ticks(formed, 4, monkeypatch) == "RRR."
+    saved = formed.places.lib / "members.json"
+    before = saved.read_text()
+    formed.receive(signed(payload("node2", 2, seq=5, controller="node1")), "10.42.0.12")   # a new number only
+    formed.last_saved = 0.0
+    assert ticks(formed, 1, monkeypatch) == "." and saved.read_text() != before, "saved on a tick that passed by"
+
+
+def test_a_rotation_heard_before_it_arrives_leaves_nothing_behind(formed, monkeypatch, owner, pushes):
+    """node2 announces generation 2 before this node is handed it: once it is, the node is as steady
+    as before, and never takes itself for superseded."""
+    assert ticks(formed, 4, monkeypatch) == "RRR."
+    key2 = messages.announce_key(b"u" * 32)
+    formed.receive(signed(payload("node2", 2, seq=2, generation=2, controller="node1"), 2, key2), "10.42.0.12")
+    assert formed.newer_generation == 2
+    formed.pushed(bundle(owner, 2, secret=b"u" * 32), "10.99.0.2")
+    assert formed.newer_generation == 0
+    for name, index in (("node2", 2), ("node3", 3)):
+        formed.receive(signed(payload(name, index, seq=3, generation=2, controller="node1"), 2, key2),
+                       f"10.42.0.{10 + index}")
+    formed.retiring.clear()   # the grace is over
+    assert ticks(formed, 4, monkeypatch).endswith("R..")
+    formed.last_accepted -= 120   # then two minutes of silence: still this cluster's member
+    formed._housekeeping()
+
+
+def test_one_newer_header_long_ago_is_no_cluster_that_moved_on(formed, monkeypatch):
+    forged = signed(payload("node3", 3, seq=9, generation=99), 99, b"f" * 32)   # no key of this node opens it
+    formed.receive(forged, "10.42.0.13")
+    assert formed.newer_generation == 99 and formed.counts["dropped"] == 1
+    formed.last_accepted -= 120
+    formed.newer_heard -= 60
+    formed._housekeeping()   # the silence alone: no SystemExit
+    formed.newer_heard += 60
+    with pytest.raises(SystemExit):
+        formed._housekeeping()   # hearing only the newer generation, lately, for a minute: superseded
 
 
 def test_a_flood_from_one_sender_is_cut_and_others_still_get_through(agent):
@@ -975,6 +1020,17 @@ def test_steady_unit_states_are_kept_until_a_cgroup_fills_or_empties_or_for_a_fe
         system.new_tick()
         assert system.unit_state("slurmd.service") == "activating"
     assert len(fake_systemd.asked()) == 6, "a unit on its way is asked about every tick"
+
+
+def test_a_complete_read_of_the_unit_states_makes_them_steady_again_at_once(fake_systemd):
+    fake_systemd.populated("slurmd.service", True)
+    system.new_tick()
+    system.unit_states("slurmd.service")
+    for _ in range(system.STEADY_TICKS):
+        system.new_tick()
+    assert not system.units_steady(), "kept STEADY_TICKS ticks: read again"
+    system.unit_states("slurmd.service")
+    assert system.units_steady(), "read again and all steady: the agent needs not wait another tick to know"
 
 
 def test_a_file_written_if_changed_is_not_read_again_until_someone_else_changes_it(tmp_path, monkeypatch):
