@@ -43,7 +43,7 @@ from clusteros.cli import main as clusteros
 from clusteros.spec import load_spec
 from clusteros.vm import ports, qemu
 from clusteros.vm.machine import Machine
-from clusteros.vm.node import Node, retry
+from clusteros.vm.node import SSH_READY as READY_PREFIX, Node, retry
 from clusteros.vm.ssh import SSHTarget
 
 from clusteros_node import k3s, messages, pxeserve, slurm
@@ -355,7 +355,7 @@ def test_no_shareable_artifact_holds_a_secret_or_the_test_key(installers):
 FIRMWARE = {"iso": "bios", "usb": "uefi", "pxe": "bios"}
 # The console's line once sshd listens (clusteros-ssh-ready): a machine the spec does not list is
 # named node-<the first 8 hex digits of its machine id>.
-SSH_READY = r"clusteros: SSH ready on (node-[0-9a-f]{8}): ED25519 (SHA256:[\w+/]{43})"
+SSH_READY = re.escape(READY_PREFIX) + r"(node-[0-9a-f]{8}): ED25519 (SHA256:[\w+/]{43})"
 
 
 @dataclass
@@ -367,7 +367,7 @@ class Booted:
 
 def console_identity(node: Node) -> tuple[str, str]:
     """The name and host key fingerprint the console said once sshd listened."""
-    line = node.wait_for_console_text(r"clusteros: SSH ready on [^\r\n]*[\r\n]", timeout=30).group(0)   # a whole line
+    line = node.wait_for_console_text(re.escape(READY_PREFIX) + r"[^\r\n]*[\r\n]", timeout=30).group(0)   # a whole line
     match = re.fullmatch(SSH_READY, line.strip())
     assert match, f"{node.name}: not the line clusteros-ssh-ready prints for a machine the spec does not list: {line!r}"
     return match.group(1), match.group(2)
@@ -383,7 +383,7 @@ def installed(installs, installers) -> dict[str, Booted]:
     pxe.machine.stop(timeout=0)   # nothing on it to keep
     iso = installs["iso"].node
     wait_for_installer(iso, "installed and verified", "iso")
-    wait_for_installer(iso, booted_from(HARDWARE["iso"]["root"]) + ".*clusteros: SSH ready on ", "iso, booting its disk")
+    wait_for_installer(iso, booted_from(HARDWARE["iso"]["root"]) + ".*" + re.escape(READY_PREFIX), "iso, booting its disk")
     iso_booted = Booted(*console_identity(iso), root=None)
     iso.machine.stop(timeout=0)
     usb = installs["usb"]
