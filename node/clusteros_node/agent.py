@@ -23,6 +23,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 from clusteros_node import addressing, control, election, enroll, firewall, hostmemory, messages, slurm, system, timesync
 from clusteros_node import transfer
@@ -126,6 +127,7 @@ class Agent:
         self.passed_by = 0
         self.polling: set[str] = set()
         self.failed: set[str] = set()      # the steps that failed in the last reconciliation
+        self.unfinished: dict[str, Callable[[], None]] = {}   # steps done once that failed: tried every tick
 
     # -- who this node is ---------------------------------------------------
 
@@ -148,7 +150,7 @@ class Agent:
         self.wg_ip = addressing.free_wg_address(self.spec["network"]["wireguard"]["subnet"], taken)
         system.write_if_changed(self.places.lib / "wg-address", f"{self.wg_ip}\n".encode())
         log(f"wg0: this node takes {self.wg_ip}")
-        self._step("wireguard", self._wg_interface)
+        self._until_done("wg0", self._wg_interface)
 
     @property
     def lan_ip(self) -> str:
@@ -241,6 +243,8 @@ class Agent:
 
     def reconcile(self) -> None:
         with self.lock:
+            for name, work in list(self.unfinished.items()):
+                self._until_done(name, work)
             self._record_self()
             if self.wg_ip is None and self._settled():
                 self._claim_wg_address(self.registry.taken_wg_ips())
@@ -369,6 +373,14 @@ class Agent:
             self.last_saved = now
             system.write_if_changed(self.places.lib / "members.json",
                                     (json.dumps(self.registry.state(), indent=2) + "\n").encode(), mode=0o600)
+
+    def _until_done(self, name: str, work) -> None:
+        """A step done once (wg0, the firewall, the credential service), tried again every tick until it is."""
+        self._step(name, work)
+        if name in self.errors:
+            self.unfinished[name] = work
+        else:
+            self.unfinished.pop(name, None)
 
     def _step(self, name: str, work) -> None:
         try:
@@ -586,12 +598,12 @@ class Agent:
     # -- main loop ----------------------------------------------------------
 
     def run(self) -> None:
-        self._step("wireguard", self._wg_interface)
+        self._until_done("wg0", self._wg_interface)
         if self.apply_system:
-            self._step("firewall", lambda: firewall.apply(self.me.interface, PORT))
+            self._until_done("firewall", lambda: firewall.apply(self.me.interface, PORT))
         sock = self.listen(self.me.interface)
         if self.wg_ip and self.apply_system:
-            self._step("credential service", lambda: setattr(self, "server", transfer.Server(
+            self._until_done("credential service", lambda: setattr(self, "server", transfer.Server(
                 self.wg_ip, enroll.CREDENTIAL_PORT, self.credential_for, self.pushed, log)))
         control.Server(self.places.control_socket, self.control, log)
         log(f"node-agent: {self.me.name}, LAN {self.me.address or '-'}, wg0 {self.wg_ip or '(to be chosen)'}, "

@@ -479,6 +479,19 @@ def test_a_reconciliation_that_changed_the_node_or_failed_is_followed_by_another
     assert ticks(formed, 3, monkeypatch) == "R.."
 
 
+def test_a_step_of_the_start_that_failed_is_tried_every_tick_until_it_is_done(formed, monkeypatch):
+    tries = []
+
+    def firewall():
+        tries.append(1)
+        if len(tries) < 3:
+            raise system.CommandError("nft -f - exited 1: Could not process rule")
+    formed._until_done("firewall", firewall)
+    assert "firewall" in formed.errors
+    assert ticks(formed, 6, monkeypatch) == "RRR..." and len(tries) == 3, "tried at each tick until it was done"
+    assert "firewall" not in formed.errors and not formed.unfinished
+
+
 def test_saving_the_member_table_is_no_change_of_the_node(formed, monkeypatch):
     assert ticks(formed, 4, monkeypatch) == "RRR."
     saved = formed.places.lib / "members.json"
