@@ -200,7 +200,7 @@ class Agent:
 
     def _heard_announcement(self, packet: bytes, sender: str) -> None:
         generation = messages.generation_of(packet)
-        if generation > self.credential.generation:
+        if generation > self.credential.generation and self._bound_elsewhere(sender):
             self.newer_generation, self.newer_heard = max(self.newer_generation, generation), time.monotonic()
         a = validate.announcement(messages.open_announcement(packet, self.keys()), self.spec)
         if a.name == self.me.name:   # (its own broadcast never gets here: receive() drops it first)
@@ -216,6 +216,11 @@ class Agent:
         if changed:
             self.pending.drop(a.wg_pubkey)   # approved on another member: no longer asking
             log(f"member {a.name} at {a.lan_ip} (wg {a.wg_ip})")
+
+    def _bound_elsewhere(self, sender: str) -> bool:
+        """`sender` is the LAN address of another member this node is bound to. Only theirs can say the
+        cluster moved on: a generation in a header is unchecked without that generation's key."""
+        return any(b.lan_ip == sender for name, b in self.registry.bindings.items() if name != self.me.name)
 
     def _settle_conflict(self, conflict: AddressConflict) -> None:
         """Two machines picked one wg0 address: the one with the lower key keeps it."""
@@ -352,6 +357,8 @@ class Agent:
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
+        if self.newer_generation and now - self.newer_heard > SUPERSEDED_AFTER:
+            self.newer_generation = 0   # not heard for a minute: no cluster that moved on
         if (self.newer_generation and now - self.last_accepted > SUPERSEDED_AFTER
                 and now - self.newer_heard < NEWER_HEARD_WITHIN):
             system.write_if_changed(self.places.lib / "superseded", f"{self.credential.generation}\n".encode())
@@ -623,7 +630,8 @@ class Agent:
         system.new_tick()
         with self.lock:
             standing = self._standing()
-            if standing is not None and standing == self.steady_on and self.passed_by < CHECK_STEADY_EVERY - 1:
+            if (standing is not None and standing == self.steady_on and system.units_steady()
+                    and self.passed_by < CHECK_STEADY_EVERY - 1):
                 self.passed_by += 1
                 self._record_self()
             else:
@@ -631,7 +639,10 @@ class Agent:
                 self.polling.clear()
                 self.failed.clear()
                 self.reconcile()
-                found_in_shape = system.changes == changes and not self.polling and not self.failed
+                # Every unit steady as the reconciliation left it (one that read their states
+                # again, as every STEADY_TICKS, knows them afresh).
+                found_in_shape = (system.changes == changes and not self.polling and not self.failed
+                                  and system.units_steady())
                 self.steady_on = standing if found_in_shape and self._standing() == standing else None
                 self.passed_by = 0
             self._save_members()
@@ -640,10 +651,10 @@ class Agent:
     def _standing(self) -> tuple | None:
         """What a reconciliation acts on, when the node is where it can be steady: settled, led by a
         live controller every live member follows, all on this credential (none newer heard), no
-        machine being approved or handed a credential, every unit steady. None when it is not."""
+        machine being approved or handed a credential. None when it is not. (Units: `_tick`.)"""
         if (not self._settled() or self.wg_ip is None or self.controller is None
                 or self.newer_generation > self.credential.generation or self.behind or self.handing_on
-                or self.retiring or not system.units_steady() or self.approvals.current()):
+                or self.retiring or self.approvals.current()):
             return None
         live = [m.last for m in self.registry.live()]
         if (self.controller not in {a.name for a in live}

@@ -471,11 +471,20 @@ def test_a_reconciliation_that_changed_the_node_or_failed_is_followed_by_another
     formed.passed_by = 4
     assert ticks(formed, 3, monkeypatch) == "RRR", "a failed step is retried every tick"
     monkeypatch.setattr(formed, "reconcile", real)
-    formed.errors["firewall"] = "CommandError: nft exited 1"   # a step of the agent's start: not retried
-    assert ticks(formed, 3, monkeypatch) == "R.."
+    formed.errors["announce"] = "OSError: [Errno 101] Network is unreachable"   # the announce thread's
+    assert ticks(formed, 3, monkeypatch) == "R..", "what no step of the reconciliation said"
     monkeypatch.setattr(system, "units_steady", lambda: False)
     assert ticks(formed, 2, monkeypatch) == "RR", "a unit on its way: every tick"
     monkeypatch.setattr(system, "units_steady", lambda: True)
+    assert ticks(formed, 3, monkeypatch) == "R.."
+
+
+def test_a_tick_that_read_every_unit_again_and_found_them_steady_is_followed_by_ticks_that_pass_by(formed, monkeypatch):
+    assert ticks(formed, 4, monkeypatch) == "RRR."
+    steady = {"now": False}   # the tick's new_tick: STEADY_TICKS have passed, the states are read again
+    monkeypatch.setattr(system, "units_steady", lambda: steady["now"])
+    real = formed.reconcile
+    monkeypatch.setattr(formed, "reconcile", lambda: (real(), steady.update(now=True)))   # ...all steady
     assert ticks(formed, 3, monkeypatch) == "R.."
 
 
@@ -524,11 +533,21 @@ def test_one_newer_header_long_ago_is_no_cluster_that_moved_on(formed, monkeypat
     formed.receive(forged, "10.42.0.13")
     assert formed.newer_generation == 99 and formed.counts["dropped"] == 1
     formed.last_accepted -= 120
-    formed.newer_heard -= 60
+    formed.newer_heard -= 30
     formed._housekeeping()   # the silence alone: no SystemExit
-    formed.newer_heard += 60
+    formed.newer_heard += 30
     with pytest.raises(SystemExit):
         formed._housekeeping()   # hearing only the newer generation, lately, for a minute: superseded
+    formed.newer_heard -= 61
+    formed._housekeeping()
+    assert formed.newer_generation == 0, "not heard for a minute: forgotten"
+    assert ticks(formed, 4, monkeypatch).endswith(".")
+
+
+def test_only_a_bound_member_can_say_the_cluster_moved_on(formed):
+    for sender in ("10.42.0.77", "10.42.0.11"):   # a stranger on the LAN; this node's own address
+        formed.receive(signed(payload("node7", 7, generation=99), 99, b"f" * 32), sender)
+    assert formed.newer_generation == 0 and formed.counts["dropped"] == 2
 
 
 def test_a_flood_from_one_sender_is_cut_and_others_still_get_through(agent):
