@@ -654,7 +654,7 @@ class Agent:
         machine being approved or handed a credential. None when it is not. (Units: `_tick`.)"""
         if (not self._settled() or self.wg_ip is None or self.controller is None
                 or self.newer_generation > self.credential.generation or self.behind or self.handing_on
-                or self.retiring or self.approvals.current()):
+                or self._in_rotation_grace() or self.approvals.current()):
             return None
         live = [m.last for m in self.registry.live()]
         if (self.controller not in {a.name for a in live}
@@ -663,6 +663,12 @@ class Agent:
         bound = tuple((name, b.wg_pubkey, b.wg_ip, b.lan_ip, b.wg_port, b.cpus, b.memory_mb)
                       for name, b in sorted(self.registry.bindings.items()))
         return self.controller, self.wg_ip, self.lan_ip, tuple(a.standing() for a in live), bound
+
+    def _in_rotation_grace(self) -> bool:
+        """The previous generation still counts (`keys` forgets it only when a packet comes: a
+        cluster of one hears none)."""
+        now = time.monotonic()
+        return any(until > now for _, until in self.retiring.values())
 
     def _send(self, sock: socket.socket, packet: bytes) -> None:
         self.sent.append(packet)

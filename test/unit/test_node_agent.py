@@ -522,8 +522,9 @@ def test_a_rotation_heard_before_it_arrives_leaves_nothing_behind(formed, monkey
     for name, index in (("node2", 2), ("node3", 3)):
         formed.receive(signed(payload(name, index, seq=3, generation=2, controller="node1"), 2, key2),
                        f"10.42.0.{10 + index}")
-    formed.retiring.clear()   # the grace is over
-    assert ticks(formed, 4, monkeypatch).endswith("R..")
+    assert ticks(formed, 3, monkeypatch) == "RRR", "the previous generation's grace: every tick"
+    formed.retiring = {1: (key, 0.0) for key, _ in formed.retiring.values()}   # the grace is over (no packet since)
+    assert ticks(formed, 4, monkeypatch) == "R...", "its old key kept, but no longer counting"
     formed.last_accepted -= 120   # then two minutes of silence: still this cluster's member
     formed._housekeeping()
 
