@@ -55,6 +55,11 @@ class Payload:
     def data_bytes(self) -> int:
         return sum(e.length for e in self.extents)
 
+    @property
+    def data_file_bytes(self) -> int:
+        """image.data.zst's own size: what a netbooting machine fetches."""
+        return self.data.stat().st_size
+
 
 def install_extents(raw: Path) -> list[tuple[int, int]]:
     """The spans of the raw disk the installer writes: its data, close holes merged, 4 KiB-aligned."""

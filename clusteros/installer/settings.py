@@ -17,6 +17,7 @@ def installer_config(installer: dict, manifest: dict, payload: "Payload") -> dic
         "ROOT_FS_UUID": manifest["disk"]["root_fs_uuid"],
         "DATA_BYTES": str(payload.data_bytes),
         "DATA_SHA256": payload.data_sha256,
+        "DATA_FILE_BYTES": str(payload.data_file_bytes),
         "MEDIUM_ID": medium_id(payload.data_sha256),
         "INSTALL": "auto" if installer["unattended"] else "ask",
         "TARGET": installer["target"],

@@ -158,7 +158,11 @@ class Node:
             match = pattern.search(self.machine.console_text())
             assert match, f"{self.name}: no {regex!r} on the console yet"
             return match
-        return self.retry(printed, timeout, every=min(1.0, self.poll))
+        try:
+            return self.retry(printed, timeout, every=min(1.0, self.poll))
+        except AssertionError as failed:   # what the machine was doing instead is the diagnosis
+            tail = "\n".join(f"    {line}" for line in self.machine.serial_tail(15))
+            raise AssertionError(f"{failed}; its console ends:\n{tail}") from None
 
     # -- power -----------------------------------------------------------------
 

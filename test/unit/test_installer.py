@@ -54,28 +54,30 @@ def test_payload_packs_the_extents_and_hashes_each(tmp_path):
     assert payload.render_map(packed.extents).splitlines()[0] == f"0 {packed.extents[0].length} {packed.extents[0].xxh64}"
 
 
-def a_payload():
-    return payload.Payload(None, (payload.Extent(0, 4096, "a" * 16), payload.Extent(MIB, 8192, "b" * 16)),
-                             "c" * 64)
+def a_payload(tmp_path: Path):
+    (tmp_path / "image.data.zst").write_bytes(b"z" * 3000)
+    return payload.Payload(tmp_path / "image.data.zst",
+                           (payload.Extent(0, 4096, "a" * 16), payload.Extent(MIB, 8192, "b" * 16)), "c" * 64)
 
 
 MANIFEST = {"name": "lab", "disk": {"root_fs_uuid": "975bd3d4-28d6-5004-983e-edb4e73eb1e8"},
             "outputs": {"raw": {"bytes": 4 * 2**30, "sha256": "d" * 64}}}
 
 
-def test_config_follows_the_spec():
+def test_config_follows_the_spec(tmp_path):
     config = settings.installer_config({"unattended": True, "target": "/dev/sdb", "on_done": "poweroff"},
-                                        MANIFEST, a_payload())
+                                        MANIFEST, a_payload(tmp_path))
     assert config["INSTALL"] == "auto" and config["TARGET"] == "/dev/sdb" and config["ON_DONE"] == "poweroff"
     assert config["IMAGE_BYTES"] == str(4 * 2**30) and config["DATA_BYTES"] == str(4096 + 8192)
+    assert config["DATA_FILE_BYTES"] == "3000"
     assert config["MEDIUM_ID"] == "clusteros-" + "c" * 16
-    asked = settings.installer_config({"unattended": False, "target": "auto", "on_done": "reboot"}, MANIFEST, a_payload())
+    asked = settings.installer_config({"unattended": False, "target": "auto", "on_done": "reboot"}, MANIFEST, a_payload(tmp_path))
     assert asked["INSTALL"] == "ask"
 
 
 def test_config_is_valid_shell_even_for_odd_values(tmp_path):
     config = settings.installer_config({"unattended": False, "target": "auto", "on_done": "reboot"},
-                                        {**MANIFEST, "name": "it's $(reboot)"}, a_payload())
+                                        {**MANIFEST, "name": "it's $(reboot)"}, a_payload(tmp_path))
     conf = tmp_path / "installer.conf"
     conf.write_text(settings.render_config(config))
     out = subprocess.run(["sh", "-c", '. "$0"; echo "$IMAGE_NAME"', str(conf)], capture_output=True, text=True)
@@ -83,9 +85,9 @@ def test_config_is_valid_shell_even_for_odd_values(tmp_path):
 
 
 @pytest.mark.parametrize("unattended", [True, False])
-def test_the_boot_menu_starts_with_what_the_spec_asks(unattended):
+def test_the_boot_menu_starts_with_what_the_spec_asks(unattended, tmp_path):
     config = settings.installer_config({"unattended": unattended, "target": "auto", "on_done": "reboot"},
-                                        MANIFEST, a_payload())
+                                        MANIFEST, a_payload(tmp_path))
     menu = settings.grub_config("lab", config)
     first = menu[menu.index("menuentry"):].splitlines()
     assert ("unattended" in first[0]) == unattended
@@ -94,8 +96,8 @@ def test_the_boot_menu_starts_with_what_the_spec_asks(unattended):
     assert menu.count("menuentry") == 4 and "clusteros.install=ram" in menu
 
 
-def test_ipxe_script_loads_relative_to_itself_and_names_the_image():
-    config = settings.installer_config({"unattended": True, "target": "auto", "on_done": "reboot"}, MANIFEST, a_payload())
+def test_ipxe_script_loads_relative_to_itself_and_names_the_image(tmp_path):
+    config = settings.installer_config({"unattended": True, "target": "auto", "on_done": "reboot"}, MANIFEST, a_payload(tmp_path))
     script = settings.ipxe_script("lab", config)
     assert script.startswith("#!ipxe\n")
     assert "kernel ${boot-url}vmlinuz " in script and "initrd ${boot-url}initrd.img" in script

@@ -4,7 +4,10 @@ SYS and DEV point at a folder with block devices as plain files, so the disk
 choice and the prompts run for real without touching a disk of this machine.
 """
 
+import contextlib
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -128,6 +131,49 @@ def test_a_fetch_that_fails_is_retried_then_ends_in_a_message(machine):
     out = machine.run("IMAGE_URL=http://127.0.0.1:9/image.data.zst FETCH_TRIES=2; sleep() { :; }; fetch_image; echo FETCHED")
     assert "try 1 of 2" in out.stdout and "try 2 of 2" in out.stdout
     assert "could not fetch http://127.0.0.1:9/image.data.zst in 2 tries" in out.stdout and "FETCHED" not in out.stdout
+
+
+@contextlib.contextmanager
+def dribbling_server(chunks: int, chunk: bytes, pause: float, length: int):
+    """An HTTP server on 127.0.0.1 that says `length` bytes are coming, then sends `chunks` x `chunk`
+    `pause` seconds apart and holds the connection open without a word until the test is done."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def answer() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(4096)
+            connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % length)
+            for _ in range(chunks):
+                connection.sendall(chunk)
+                time.sleep(pause)
+            done.wait(30)
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/image.data.zst"
+    finally:
+        done.set()
+        listener.close()
+
+
+def test_a_fetch_says_how_far_it_is(machine):
+    with dribbling_server(4, b"x" * MIB, 0.3, 4 * MIB) as url:
+        out = machine.run(f"MIB={MIB} PROGRESS_POLL=0.1 PROGRESS_POLLS_PER_LINE=2 DATA_FILE_BYTES={4 * MIB}\n"
+                          f"IMAGE_URL={url}; fetch_image; echo FETCHED $(stat -c %s $IMAGE_FILE)")
+    said = [line for line in out.stdout.splitlines() if line.startswith("clusteros-installer: fetched ")]
+    assert len(set(said)) > 1 and said[-1] == "clusteros-installer: fetched 4 of 4 MiB", out.stdout + out.stderr
+    assert f"FETCHED {4 * MIB}" in out.stdout
+
+
+def test_a_fetch_that_stops_getting_data_is_given_up_at_once_not_after_its_whole_timeout(machine):
+    with dribbling_server(1, b"x" * MIB, 0, 4 * MIB) as url:
+        started = time.monotonic()
+        out = machine.run(f"MIB={MIB} PROGRESS_POLL=0.1 FETCH_STALL=1 FETCH_TRIES=1 DATA_FILE_BYTES={4 * MIB}\n"
+                          f"IMAGE_URL={url}; fetch_image; echo FETCHED")
+    assert "no data for 1s after 1 MiB: this try is given up" in out.stdout, out.stdout + out.stderr
+    assert "could not fetch" in out.stdout and "FETCHED" not in out.stdout
+    assert time.monotonic() - started < 10, "given up when the data stopped, not at FETCH_TIMEOUT (1800 s)"
 
 
 def image_on_the_medium(machine: Machine, data: bytes, built_with: bytes) -> str:
