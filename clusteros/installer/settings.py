@@ -88,7 +88,8 @@ def ipxe_script(name: str, config: dict[str, str]) -> str:
         ":ask",
         "set install ask",
         ":install",
-        f"kernel ${{boot-url}}vmlinuz {CONSOLES} quiet clusteros.install=${{install}} clusteros.image=${{image-url}}",
+        f"kernel ${{boot-url}}vmlinuz {CONSOLES} quiet clusteros.install=${{install}} clusteros.image=${{image-url}} "
+        "BOOTIF=01-${netX/mac:hexhyp}",   # the NIC it booted from: the installer's DHCP goes there
         "initrd ${boot-url}initrd.img",
         "boot",
         ":shell",

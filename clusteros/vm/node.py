@@ -155,14 +155,21 @@ class Node:
         pattern = re.compile(regex)
 
         def printed() -> re.Match:
+            alive = self.machine.is_alive()   # before the read: its last words are in the file then
             match = pattern.search(self.machine.console_text())
-            assert match, f"{self.name}: no {regex!r} on the console yet"
-            return match
+            if match:
+                return match
+            if not alive:   # powered off (an installer that failed does) or crashed: no use waiting
+                raise ClusterOSError(f"{self.name}: QEMU stopped before {regex!r} was on the console; "
+                                     f"its console ends:\n{self._console_tail()}", fix=f"see {self.machine.log}")
+            raise AssertionError(f"{self.name}: no {regex!r} on the console yet")
         try:
             return self.retry(printed, timeout, every=min(1.0, self.poll))
         except AssertionError as failed:   # what the machine was doing instead is the diagnosis
-            tail = "\n".join(f"    {line}" for line in self.machine.serial_tail(15))
-            raise AssertionError(f"{failed}; its console ends:\n{tail}") from None
+            raise AssertionError(f"{failed}; its console ends:\n{self._console_tail()}") from None
+
+    def _console_tail(self) -> str:
+        return "\n".join(f"    {line}" for line in self.machine.serial_tail(15))
 
     # -- power -----------------------------------------------------------------
 

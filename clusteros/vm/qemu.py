@@ -105,9 +105,12 @@ def node_argv(node: VMNode, machine_dir: Path, disk: Path, acc: Accel, boot: Boo
 def netboot_argv(node: VMNode, machine_dir: Path, disk: Path, acc: Accel, lan_sock: Path, memory: int,
                  cpus: int) -> list[str]:
     """A machine that netboots from the cluster LAN (SeaBIOS and the NIC's iPXE ROM), with an empty
-    disk it should never touch: a node of the rack that nothing was installed on yet."""
+    disk it should never touch: a node of the rack that nothing was installed on yet. Like a rack
+    machine set to netboot, it tries again when a boot finds nothing (a DHCP offer lost on a busy
+    LAN, the server not up yet): SeaBIOS restarts it 5 s after "No bootable device"."""
     return ["qemu-system-x86_64", "-name", f"{node.name},process=clusteros-{node.name}",
             *machine_args(Boot("bios"), machine_dir), *acc.qemu_args, "-smp", str(cpus), "-m", str(memory),
+            "-boot", "reboot-timeout=5000",
             "-drive", f"file={disk},if=none,id=disk,format=qcow2",
             "-device", "virtio-blk-pci,drive=disk,bootindex=2",
             "-netdev", f"vde,id=lan,sock={lan_sock}",

@@ -103,6 +103,7 @@ def test_ipxe_script_loads_relative_to_itself_and_names_the_image(tmp_path):
     assert "kernel ${boot-url}vmlinuz " in script and "initrd ${boot-url}initrd.img" in script
     assert not [line for line in script.splitlines() if line.startswith("set boot-url")], "unset: iPXE makes it nothing, so both load relative to the script"
     assert "clusteros.image=${image-url}" in script and "tftp://${next-server}/image.data.zst" in script
+    assert "clusteros.image=${image-url} BOOTIF=01-${netX/mac:hexhyp}\n" in script, "the installer's DHCP: on the NIC it booted from"
 
 
 def test_module_closure_brings_dependencies_and_leaves_out_the_rest():

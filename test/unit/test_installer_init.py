@@ -176,6 +176,49 @@ def test_a_fetch_that_stops_getting_data_is_given_up_at_once_not_after_its_whole
     assert time.monotonic() - started < 10, "given up when the data stopped, not at FETCH_TIMEOUT (1800 s)"
 
 
+def nics(machine: Machine, **macs: str) -> None:
+    for name, mac in macs.items():
+        (machine.root / "sys" / "class" / "net" / name).mkdir(parents=True)
+        (machine.root / "sys" / "class" / "net" / name / "address").write_text(mac + "\n")
+
+
+LEASES = 'ip() { :; }\nudhcpc() { echo "udhcpc $2"; [ "$2" = "$LEASING" ]; }\n'   # its output: to the log
+
+
+def asked(machine: Machine) -> list[str]:
+    return (machine.root / "log").read_text().splitlines()
+
+
+def test_the_nic_named_by_bootif_is_the_one_asked_for_a_lease(machine):
+    nics(machine, eth0="52:54:00:00:00:01", eth1="52:54:00:9f:20:0a")
+    (machine.root / "cmdline").write_text("quiet clusteros.install=ram BOOTIF=01-52-54-00-9F-20-0A\n")
+    (machine.root / "installer.conf").write_text("INSTALL=auto\n")
+    out = machine.run(f"CMDLINE={machine.root}/cmdline SETTINGS={machine.root}/installer.conf LEASING=eth1\n"
+                      f"{LEASES}read_settings; network_up && echo UP $INSTALL")
+    assert out.stdout.splitlines() == ["clusteros-installer: DHCP on eth1 (the NIC this machine netbooted from)",
+                                       "UP ram"], out.stderr
+    assert asked(machine) == ["udhcpc eth1"]
+
+
+def test_without_its_lease_no_other_nic_is_asked(machine):
+    """The other NIC's lease (a VM's user network, a second LAN) would not reach the server."""
+    nics(machine, eth0="52:54:00:00:00:01", eth1="52:54:00:9f:20:0a")
+    out = machine.run(f"BOOT_MAC=52:54:00:9f:20:0a LEASING=eth0\n{LEASES}network_up && echo UP")
+    assert asked(machine) == ["udhcpc eth1"] and "UP" not in out.stdout
+
+
+def test_a_bootif_no_nic_has_is_an_error_that_names_it(machine):
+    nics(machine, eth0="52:54:00:00:00:01")
+    out = machine.run(f"BOOT_MAC=52:54:00:9f:20:0a\n{LEASES}network_up")
+    assert "no network interface has the MAC 52:54:00:9f:20:0a this machine netbooted from" in out.stdout
+
+
+def test_without_bootif_each_nic_is_asked_in_turn(machine):
+    nics(machine, eth0="52:54:00:00:00:01", eth1="52:54:00:9f:20:0a")
+    out = machine.run(f"LEASING=eth1\n{LEASES}network_up && echo UP")
+    assert asked(machine) == ["udhcpc eth0", "udhcpc eth1"] and out.stdout.splitlines()[-1] == "UP"
+
+
 def image_on_the_medium(machine: Machine, data: bytes, built_with: bytes) -> str:
     """Shell settings for an image file holding `data`, in an installer built for `built_with`."""
     import hashlib

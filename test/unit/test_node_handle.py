@@ -85,11 +85,21 @@ def test_a_failed_unit_ends_the_wait_at_once(node, tmp_path):
 
 
 def test_console_text_is_matched_without_terminal_escapes(node):
+    node.machine = RunningMachine("node1", node.machine.directory)
     node.machine.serial_log.write_bytes(b"\x1b[0;32m  OK  \x1b[0m] Reached target\r\nnode1 login: ")
     match = node.wait_for_console_text(r"(\w+) login:", timeout=100)
     assert match.group(1) == "node1"
-    with pytest.raises(AssertionError, match="no 'never' on the console"):
+    with pytest.raises(AssertionError, match="no 'never' on the console yet; its console ends:\n.*Reached target\n    node1 login:"):
         node.wait_for_console_text("never", timeout=20)
+
+
+def test_a_machine_that_stopped_ends_a_console_wait_at_once_with_its_last_words(node):
+    node.machine.serial_log.write_bytes(b"clusteros-installer: ERROR: could not fetch the image\r\n")
+    started = time.monotonic()
+    with pytest.raises(ClusterOSError, match="QEMU stopped before 'from RAM' was on the console; its console "
+                                             "ends:\n    clusteros-installer: ERROR: could not fetch the image"):
+        node.wait_for_console_text("from RAM", timeout=10_000)
+    assert time.monotonic() - started < 5
 
 
 def test_retry_scales_its_deadline():
