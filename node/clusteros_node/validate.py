@@ -12,7 +12,7 @@ import base64
 import binascii
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from clusteros_node import addressing
@@ -46,10 +46,9 @@ class Announcement:
     controller: str | None
     slurm_nodes: tuple[str, ...]
 
-    def standing(self) -> tuple:
-        """What it says, not when it said it: everything but its number."""
-        return (self.cluster, self.generation, self.name, self.index, self.lan_ip, self.wg_ip, self.wg_pubkey,
-                self.wg_port, self.cpus, self.memory_mb, self.boot_id, self.controller, self.slurm_nodes)
+    def standing(self) -> "Announcement":
+        """What it says, not when it said it: everything but its number (a field added later counts too)."""
+        return replace(self, seq=0)
 
 
 def _field(payload: dict, key: str):

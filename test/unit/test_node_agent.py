@@ -3,6 +3,7 @@ files it writes. The agent itself runs here in-process (`apply_system=False`: it
 on this machine), fed real packets."""
 
 import base64
+import dataclasses
 import json
 import os
 import socket
@@ -90,6 +91,15 @@ def test_derived_keys_differ_by_purpose_and_are_stable():
 def test_a_good_announcement_becomes_typed(spec):
     a = validate.announcement(payload(), spec)
     assert (a.name, a.index, a.wg_ip, a.seq) == ("node2", 2, "10.99.0.2", 1)
+
+
+def test_an_announcements_standing_is_all_it_says_but_its_number(spec):
+    """What the steady tick compares: a field added to the announcement counts without more code."""
+    a = validate.announcement(payload(), spec)
+    assert validate.announcement(payload(seq=9), spec).standing() == a.standing()
+    for field in dataclasses.fields(a):
+        if field.name != "seq":
+            assert dataclasses.replace(a, **{field.name: object()}).standing() != a.standing(), field.name
 
 
 @pytest.mark.parametrize("change,field", [
