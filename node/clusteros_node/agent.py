@@ -128,6 +128,7 @@ class Agent:
         self.polling: set[str] = set()
         self.failed: set[str] = set()      # the steps that failed in the last reconciliation
         self.unfinished: dict[str, Callable[[], None]] = {}   # steps done once that failed: tried every tick
+        self.server: transfer.Server | None = None   # the credential service, on wg0's address
 
     # -- who this node is ---------------------------------------------------
 
@@ -151,6 +152,7 @@ class Agent:
         system.write_if_changed(self.places.lib / "wg-address", f"{self.wg_ip}\n".encode())
         log(f"wg0: this node takes {self.wg_ip}")
         self._until_done("wg0", self._wg_interface)
+        self._serve_credentials()
 
     @property
     def lan_ip(self) -> str:
@@ -351,6 +353,18 @@ class Agent:
         for change in wireguard.sync_peers(peers):
             log(f"wg0: {change}")
 
+    def _serve_credentials(self) -> None:
+        """The credential service (approved candidates fetch from it, a rotation is pushed to it) on
+        this node's wg0 address; moved when the address is (one claimed after the start, as by a
+        machine the spec does not list, or given up to a conflict)."""
+        if not (self.wg_ip and self.apply_system) or (self.server and self.server.address == self.wg_ip):
+            return
+        if self.server:
+            self.server.close()
+            self.server = None
+        self._until_done("credential service", lambda: setattr(self, "server", transfer.Server(
+            self.wg_ip, enroll.CREDENTIAL_PORT, self.credential_for, self.pushed, log)))
+
     def _wg_interface(self) -> None:
         if self.apply_system and self.wg_ip is not None:
             wireguard.ensure_interface(self.wg_ip, self.wg_prefix, self.wg_port, self.places.lib / "wireguard")
@@ -378,8 +392,10 @@ class Agent:
         now = time.monotonic()
         if now - self.last_saved >= SAVE_EVERY:
             self.last_saved = now
+            # Compact, as status.json: json's C encoder (indent= takes the Python one, 28 ms a save
+            # under emulation); `python3 -m json.tool` shows it to people.
             system.write_if_changed(self.places.lib / "members.json",
-                                    (json.dumps(self.registry.state(), indent=2) + "\n").encode(), mode=0o600)
+                                    (json.dumps(self.registry.state()) + "\n").encode(), mode=0o600)
 
     def _until_done(self, name: str, work) -> None:
         """A step done once (wg0, the firewall, the credential service), tried again every tick until it is."""
@@ -609,9 +625,7 @@ class Agent:
         if self.apply_system:
             self._until_done("firewall", lambda: firewall.apply(self.me.interface, PORT))
         sock = self.listen(self.me.interface)
-        if self.wg_ip and self.apply_system:
-            self._until_done("credential service", lambda: setattr(self, "server", transfer.Server(
-                self.wg_ip, enroll.CREDENTIAL_PORT, self.credential_for, self.pushed, log)))
+        self._serve_credentials()
         control.Server(self.places.control_socket, self.control, log)
         log(f"node-agent: {self.me.name}, LAN {self.me.address or '-'}, wg0 {self.wg_ip or '(to be chosen)'}, "
             f"credential generation {self.credential.generation}, announcing to {broadcast(self.me)}:{PORT}")

@@ -47,8 +47,13 @@ class Server:
     def __init__(self, address: str, port: int, credential_for: Callable[[str], bytes | None],
                  on_push: Callable[[bytes, str], None], log: Callable[[str], None]):
         self.credential_for, self.on_push, self.log = credential_for, on_push, log
+        self.address = address
         self.listener = socket.create_server((address, port), reuse_port=True)
-        threading.Thread(target=self._serve, name="credential-server", daemon=True).start()
+        try:
+            threading.Thread(target=self._serve, name="credential-server", daemon=True).start()
+        except BaseException:   # no listener left bound for a retry to bind a second beside
+            self.listener.close()
+            raise
 
     def _serve(self) -> None:
         while True:

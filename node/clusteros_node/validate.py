@@ -12,8 +12,9 @@ import base64
 import binascii
 import ipaddress
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 from functools import lru_cache
+from operator import attrgetter
 
 from clusteros_node import addressing
 
@@ -46,9 +47,14 @@ class Announcement:
     controller: str | None
     slurm_nodes: tuple[str, ...]
 
-    def standing(self) -> "Announcement":
-        """What it says, not when it said it: everything but its number (a field added later counts too)."""
-        return replace(self, seq=0)
+    def standing(self) -> tuple:
+        """What it says, not when it said it: every field but its number (one added later counts too)."""
+        return _STANDING(self)
+
+
+# A getter in C: the steady tick asks it of every live member, twice a tick (dataclasses.replace
+# cost a millisecond a call under emulation).
+_STANDING = attrgetter(*(f.name for f in fields(Announcement) if f.name != "seq"))
 
 
 def _field(payload: dict, key: str):

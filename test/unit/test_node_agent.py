@@ -319,15 +319,45 @@ def test_the_highest_generation_wins_and_is_kept_0600(owner, tmp_path):
 
 # -- the agent, in-process, fed real packets ----------------------------------------
 
-@pytest.fixture
-def agent(spec, owner, tmp_path):
+def make_agent(spec, owner, tmp_path, me) -> Agent:
     places = Places.under(tmp_path / "node")
     for folder in (places.run, places.lib, places.etc):
         folder.mkdir(parents=True)
     (places.etc / "owner.pub").write_bytes(owner.with_suffix(".pub").read_bytes())
-    me = identity.Identity("node1", 1, spec["nodes"][0]["mac"], None, "10.42.0.11/24", "auto")
     cred = credential.parse(bundle(owner), "democluster", places.owner_key)
     return Agent(spec, me, cred, places, apply_system=False)
+
+
+@pytest.fixture
+def agent(spec, owner, tmp_path):
+    return make_agent(spec, owner, tmp_path, identity.Identity("node1", 1, spec["nodes"][0]["mac"], None,
+                                                               "10.42.0.11/24", "auto"))
+
+
+def test_a_wg_address_claimed_after_the_start_gets_the_credential_service_which_moves_with_it(
+        spec, owner, tmp_path, monkeypatch):
+    """A machine the spec does not list (installed from the owner's stick) has no wg0 address at its
+    start: the service it claims one for must listen there, or a pushed rotation never reaches it."""
+    unlisted = make_agent(spec, owner, tmp_path, identity.Identity("node-ab12cd34", None, "52:54:00:12:34:90",
+                                                                   None, "10.42.0.90/24", "auto"))
+    assert unlisted.wg_ip is None
+    served, closed = [], []
+
+    class Service:   # what the agent uses of transfer.Server, without binding a 10.99.0.x address here
+        def __init__(self, address, port, *handlers):
+            self.address = address
+            served.append(address)
+
+        def close(self):
+            closed.append(self.address)
+    monkeypatch.setattr(transfer, "Server", Service)
+    monkeypatch.setattr(wireguard, "ensure_interface", lambda *args: None)
+    unlisted.apply_system = True   # its wg0 and its service: the two stand-ins above
+    unlisted._claim_wg_address(set())
+    first = unlisted.wg_ip
+    assert first and served == [first] and not closed
+    unlisted._claim_wg_address({first})   # a conflict lost: another address, and the service goes there
+    assert unlisted.wg_ip != first and served == [first, unlisted.wg_ip] and closed == [first]
 
 
 def test_the_agent_admits_a_member_and_refuses_one_claiming_its_name(agent, spec):
