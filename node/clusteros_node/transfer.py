@@ -85,6 +85,12 @@ class Server:
             raise ValueError(f"unknown request {line[:20]!r}")
 
     def close(self) -> None:
+        """Stop taking connections. shutdown() first: on Linux, close() alone does not wake the
+        thread blocked in accept(), which would take one more connection on the old address."""
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.listener.close()
 
 

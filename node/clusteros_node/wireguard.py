@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -29,7 +30,15 @@ def ensure_interface(address: str, prefixlen: int, port: int, key_dir: Path = KE
         system.run("ip", "link", "add", INTERFACE, "type", "wireguard")
     system.run("wg", "set", INTERFACE, "listen-port", str(port), "private-key", str(key_dir / "private.key"))
     system.run("ip", "address", "replace", f"{address}/{prefixlen}", "dev", INTERFACE)
+    for stale in _addresses() - {f"{address}/{prefixlen}"}:   # one given up (a conflict lost) is no longer ours
+        system.run("ip", "address", "del", stale, "dev", INTERFACE)
     system.run("ip", "link", "set", INTERFACE, "up")
+
+
+def _addresses() -> set[str]:
+    """wg0's IPv4 addresses, as address/prefix."""
+    links = json.loads(system.query("ip", "-j", "-4", "address", "show", "dev", INTERFACE) or "[]")
+    return {f"{a['local']}/{a['prefixlen']}" for link in links for a in link.get("addr_info", [])}
 
 
 def current_peers() -> dict[str, dict]:

@@ -281,8 +281,8 @@ def pytest_runtest_makereport(item, call):
 
 
 def keep_journals(cluster, test_name: str) -> list[str]:
-    """Each node's journal of this boot and every machine's console (a stranger's, an installer's)
-    in dist/e2e/journals/TEST/ (vm_clean removes the machines' own folders); says where, or why not."""
+    """Each node's journal of this boot and the console of every machine in dist/e2e/vm (a stranger's
+    too) in dist/e2e/journals/TEST/ (vm_clean removes the machines' own folders); says where, or why not."""
     said, folder = [], DIST / "journals" / re.sub(r"[^\w.-]", "_", test_name)
     folder.mkdir(parents=True, exist_ok=True)
     journals = on_each(cluster, lambda node: node.execute("sudo journalctl -b --no-pager -o short-monotonic", timeout=60))
@@ -295,7 +295,11 @@ def keep_journals(cluster, test_name: str) -> list[str]:
         said.append(f"{node.name}: {path}")
     for console in sorted((DIST / "vm").glob("*/serial.log")):   # the test's own machines too (a stranger)
         path = folder / f"{console.parent.name}.console"
-        shutil.copyfile(console, path)
+        try:   # in a report hook: an error here would end the whole session
+            shutil.copyfile(console, path)
+        except OSError as why:
+            said.append(f"{console.parent.name}: no console ({why})")
+            continue
         said.append(f"{console.parent.name}'s console: {path}")
     return said
 

@@ -166,6 +166,15 @@ def test_a_fetch_says_how_far_it_is(machine):
     assert f"FETCHED {4 * MIB}" in out.stdout
 
 
+def test_a_console_that_cannot_be_written_fails_nothing(machine):
+    """A board without a UART still has a ttyS0 (console=ttyS0 is on every installer's command line):
+    what the installer says must not turn a whole fetch into a failed try."""
+    (machine.root / "consoles").write_text("tty0 -WU (EC p  ) 4:1\nfull -W- (E  p a) 1:7\n")
+    out = machine.run(f"CONSOLES={machine.root}/consoles; . {INIT}; say hello && echo SAID")
+    assert out.stdout.splitlines() == ["SAID"], out.stdout + out.stderr
+    assert (machine.root / "log").read_text() == "hello\n"
+
+
 def test_a_fetch_that_stops_getting_data_is_given_up_at_once_not_after_its_whole_timeout(machine):
     with dribbling_server(1, b"x" * MIB, 0, 4 * MIB) as url:
         started = time.monotonic()
@@ -211,6 +220,16 @@ def test_a_bootif_no_nic_has_is_an_error_that_names_it(machine):
     nics(machine, eth0="52:54:00:00:00:01")
     out = machine.run(f"BOOT_MAC=52:54:00:9f:20:0a\n{LEASES}network_up")
     assert "no network interface has the MAC 52:54:00:9f:20:0a this machine netbooted from" in out.stdout
+
+
+def test_the_installer_waits_for_the_nic_it_netbooted_from_though_another_came_first(machine):
+    nics(machine, eth0="52:54:00:00:00:01")
+    late = machine.root / "sys" / "class" / "net" / "eth1"
+    out = machine.run(f"IMAGE_URL=http://10.42.0.11/image.data.zst BOOT_MAC=52:54:00:9f:20:0a; sleep() {{ :; }}\n"
+                      f"loads=0; load_drivers() {{ loads=$((loads + 1)); [ $loads -lt 3 ] || "
+                      f"{{ mkdir -p {late}; echo 52:54:00:9f:20:0a > {late}/address; }}; }}\n"
+                      "network_up() { echo \"UP after $loads loads\"; }; fetch_image() { :; }\nfind_image")
+    assert "UP after 3 loads" in out.stdout, out.stdout + out.stderr
 
 
 def test_without_bootif_each_nic_is_asked_in_turn(machine):

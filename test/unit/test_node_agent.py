@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -721,6 +722,32 @@ def test_a_push_the_member_refuses_is_no_hand_on_and_a_bad_one_leaves_the_servic
             transfer.push("127.0.0.1", port, b"good", device="cos-nodev0")
     finally:
         server.close()
+
+
+def test_a_closed_credential_service_takes_no_more_connections_and_its_thread_ends():
+    """Closed when the node's wg0 address moves: the old address must not answer once more."""
+    handed = []
+    server = transfer.Server("127.0.0.1", 0, lambda peer: handed.append(peer) or b"bundle", lambda *_: None, print)
+    port = server.listener.getsockname()[1]
+    assert transfer.fetch("127.0.0.1", port) == b"bundle"
+    server.close()
+    thread = next(t for t in threading.enumerate() if t.name == "credential-server")
+    thread.join(5)
+    assert not thread.is_alive(), "accept() woken by the shutdown"
+    with pytest.raises(OSError):
+        transfer.fetch("127.0.0.1", port)
+    assert handed == ["127.0.0.1"]
+
+
+def test_wg0_keeps_only_the_address_the_node_holds(monkeypatch):
+    """After a conflict lost, the address given up goes from wg0 (`ip address replace` adds the new one beside it)."""
+    ran = []
+    monkeypatch.setattr(system, "run", lambda *argv, **_: ran.append(" ".join(argv)) or "")
+    monkeypatch.setattr(system, "query", lambda *argv, **_: json.dumps([{"ifname": "wg0", "addr_info": [
+        {"local": "10.99.0.70", "prefixlen": 24}, {"local": "10.99.0.71", "prefixlen": 24}]}]))
+    wireguard.ensure_interface("10.99.0.71", 24, 51820, Path("/nonexistent"))
+    assert "ip address replace 10.99.0.71/24 dev wg0" in ran and "ip address del 10.99.0.70/24 dev wg0" in ran
+    assert not [c for c in ran if c.startswith("ip address del 10.99.0.71")]
 
 
 # -- what the agent writes ------------------------------------------------------------
