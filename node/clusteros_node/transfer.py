@@ -49,8 +49,9 @@ class Server:
         self.credential_for, self.on_push, self.log = credential_for, on_push, log
         self.address = address
         self.listener = socket.create_server((address, port), reuse_port=True)
+        self.thread = threading.Thread(target=self._serve, name="credential-server", daemon=True)
         try:
-            threading.Thread(target=self._serve, name="credential-server", daemon=True).start()
+            self.thread.start()
         except BaseException:   # no listener left bound for a retry to bind a second beside
             self.listener.close()
             raise

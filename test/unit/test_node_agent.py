@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -731,9 +730,8 @@ def test_a_closed_credential_service_takes_no_more_connections_and_its_thread_en
     port = server.listener.getsockname()[1]
     assert transfer.fetch("127.0.0.1", port) == b"bundle"
     server.close()
-    thread = next(t for t in threading.enumerate() if t.name == "credential-server")
-    thread.join(5)
-    assert not thread.is_alive(), "accept() woken by the shutdown"
+    server.thread.join(5)
+    assert not server.thread.is_alive(), "accept() woken by the shutdown"
     with pytest.raises(OSError):
         transfer.fetch("127.0.0.1", port)
     assert handed == ["127.0.0.1"]
