@@ -155,7 +155,9 @@ def test_a_node_whose_lan_is_wifi_joins_the_cluster_over_it(running, wifi_node):
     node.wait_until_succeeds(f"sudo iw dev {radio} link | grep -q 'SSID: {WIFI['ssid']}'", timeout=120)
     node.wait_until_succeeds(f"ip -4 -o address show dev {radio} | grep -q ' 10.42.0.14/24 '", timeout=60)
     assert AP_WIRED not in node.succeed("ip -o link"), "no NIC of the node's own is on the switch"
-    assert f"dev {radio}" in node.succeed("ip route get 10.42.0.11")
+    # The LAN's route follows the address once the radio's link is up (seen: the address there and
+    # the route still by the uplink, for a moment): waited for, not raced.
+    node.wait_until_succeeds(f"ip route get 10.42.0.11 | grep -q ' dev {radio} '", timeout=30)
 
     node1 = running["node1"]
     running.retry(lambda: live_member(agent_status(node1), "node4"), 150)
